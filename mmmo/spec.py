@@ -1,0 +1,744 @@
+"""The search spec: one YAML document, validated by pydantic, drives the CLI, flows and deployments.
+
+A spec says *what* to search (models, merge method, searched parameters, objectives, held-out
+tasks, optimizer, final-pick policy) and *where* to keep it (storage) and *how* to run it
+(compute, evaluation retries). :func:`load_spec` reads it from a path or any fsspec URL.
+
+Every invalid field fails with :class:`~mmmo.errors.SpecError`, whose message is one line
+naming the field, the bad value and the fix, e.g.::
+
+    fixture.yaml: objectives.tasks[0].limit: must be a count >= 1 or a fraction in (0, 1]
+    (got -3); fix: set a positive count (e.g. 100) or a fraction (e.g. 0.25)
+
+Model references are a local folder (relative paths resolve against the spec's folder), a
+Hugging Face hub id (``org/name``), or ``fixture:models/<name>`` for the bundled offline family.
+Task references are an lm-eval task name, a task YAML path, or ``fixture:tasks/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import fsspec
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mmmo.errors import SpecError
+
+__all__ = [
+    "TASK_ARITHMETIC_METHODS",
+    "ComputeSpec",
+    "ConstraintSpec",
+    "EvaluationSpec",
+    "MergeSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "ObjectivesSpec",
+    "OptimizerSpec",
+    "PickSpec",
+    "SearchSpec",
+    "SparsitySpec",
+    "TaskSpec",
+    "load_spec",
+    "parse_spec",
+]
+
+#: mergekit's task-arithmetic family: the methods a recipe may use.
+TASK_ARITHMETIC_METHODS: tuple[str, ...] = (
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+)
+
+#: Default search bounds of per-model parameters, and the range mergekit accepts for each.
+SEARCH_DEFAULTS: dict[str, tuple[float, float]] = {
+    "weight": (0.0, 1.0),
+    "density": (0.1, 1.0),
+    "gamma": (0.0, 0.05),
+    "epsilon": (0.0, 0.2),
+}
+ADMISSIBLE: dict[str, tuple[float, float]] = {
+    "weight": (-10.0, 10.0),
+    "density": (0.0, 1.0),
+    "gamma": (0.0, 0.5),
+    "epsilon": (0.0, 0.5),
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_STUDY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class FieldProblem(ValueError):
+    """Raised inside validators: a problem and its fix, optionally at a sub-field."""
+
+    def __init__(self, problem: str, fix: str, *, field: str | None = None,
+                 value: object = None, has_value: bool = False) -> None:
+        super().__init__(problem)
+        self.problem, self.fix, self.field = problem, fix, field
+        self.value, self.has_value = value, has_value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Bound = float | tuple[float, float]
+"""A searched parameter's bounds ``[low, high]``, or a single number that fixes it."""
+
+
+def _is_local(ref: str, base_dir: Path | None) -> Path | None:
+    """The local path ``ref`` names, or None when it is a hub id / fixture / task name."""
+    if ref.startswith("fixture:"):
+        return None
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    explicit = ref.startswith((".", "/", "~")) or ref.endswith((".yaml", ".yml"))
+    return path.resolve() if explicit or path.exists() else None
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    return (info.context or {}).get("base_dir")
+
+
+class ModelSpec(_Frozen):
+    """A model of the family: local folder, hub id or ``fixture:models/<name>``."""
+
+    path: str
+    name: str | None = None
+    revision: str | None = None
+    parameters: dict[str, Bound] = Field(default_factory=dict)
+    """Per-model override of ``merge.parameters`` (sources only)."""
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, ref: str, info: ValidationInfo) -> str:
+        ref = ref.strip()
+        if not ref:
+            raise FieldProblem("is empty", "give a local folder, a hub id like "
+                               "'Qwen/Qwen1.5-7B', or fixture:models/<name>")
+        local = _is_local(ref, _base_dir(info))
+        if local is not None:
+            if not (local / "config.json").is_file():
+                raise FieldProblem(f"no model folder with a config.json at {local}",
+                                   "point it at an HF model folder, or use a hub id",
+                                   value=ref, has_value=True)
+            return str(local)
+        if ref.startswith("fixture:"):
+            if not ref.startswith("fixture:models/"):
+                raise FieldProblem("fixture models live under fixture:models/",
+                                   "write fixture:models/<name>", value=ref, has_value=True)
+            return ref
+        if not _HUB_ID.match(ref):
+            raise FieldProblem("is neither an existing folder nor a hub id",
+                               "check the path (relative paths resolve against the "
+                               "spec's folder) or write a hub id like 'org/name'",
+                               value=ref, has_value=True)
+        return ref
+
+    @property
+    def label(self) -> str:
+        """The model's short name: ``name``, else the last component of its path."""
+        return self.name or self.path.rstrip("/").split("/")[-1].split(":")[-1]
+
+
+class MergeSpec(_Frozen):
+    """The merge method, its fixed settings and the per-model parameters the search varies."""
+
+    method: str = "dare_ties"
+    normalize: bool | None = None
+    """mergekit's ``normalize``; None keeps the method's default, written out in every recipe."""
+    int8_mask: bool = False
+    random_seed: int = 0
+    options: dict[str, float | bool] = Field(default_factory=dict)
+    """Other shared (non-per-model) parameters of the method, e.g. ``rescale``, ``lambda``."""
+    parameters: dict[str, Bound] = Field(default_factory=dict)
+    """Bounds of per-model parameters; unlisted ones of the method get SEARCH_DEFAULTS."""
+    layer_groups: int = Field(default=1, ge=1, le=64)
+    """1 = one value per model; k > 1 = a k-point gradient over layers (mergekit lists)."""
+    rounding: int = Field(default=2, ge=0, le=6)
+    """Decimals a recipe's values are rounded to; rounded values identify a recipe."""
+
+    @field_validator("method")
+    @classmethod
+    def _check_method(cls, method: str) -> str:
+        if method not in TASK_ARITHMETIC_METHODS:
+            close = difflib.get_close_matches(method, TASK_ARITHMETIC_METHODS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise FieldProblem("is not a method of mergekit's task-arithmetic family",
+                               f"{hint}use one of {', '.join(TASK_ARITHMETIC_METHODS)}",
+                               value=method, has_value=True)
+        return method
+
+    @model_validator(mode="after")
+    def _check_parameters(self) -> MergeSpec:
+        per_model, shared = method_parameters(self.method)
+        for key, value in self.options.items():
+            if key not in shared or key in ("normalize", "int8_mask"):
+                allowed = sorted(set(shared) - {"normalize", "int8_mask"})
+                raise FieldProblem(f"'{key}' is not a shared option of {self.method}",
+                                   f"use one of {allowed} (normalize/int8_mask are "
+                                   "fields of merge)", field=f"options.{key}",
+                                   value=value, has_value=True)
+        for key, bound in self.parameters.items():
+            _check_bound(key, bound, per_model, self.method, f"parameters.{key}")
+        return self
+
+    def searched_parameters(self) -> list[str]:
+        """Per-model parameters of the method, in mergekit's declaration order."""
+        return list(method_parameters(self.method)[0])
+
+    def default_bound(self, key: str) -> Bound:
+        """The bound of ``key`` for a model that does not override it."""
+        return self.parameters.get(key, SEARCH_DEFAULTS.get(key, (0.0, 1.0)))
+
+    def fixed_settings(self) -> dict[str, Any]:
+        """Shared settings written into every recipe (``normalize`` always explicit)."""
+        _, shared = method_parameters(self.method)
+        out: dict[str, Any] = dict(self.options)
+        if "normalize" in shared:
+            out["normalize"] = shared["normalize"] if self.normalize is None else self.normalize
+        if "int8_mask" in shared:
+            out["int8_mask"] = self.int8_mask
+        return out
+
+
+@cache
+def method_parameters(method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """mergekit's own declaration of ``method``: (per-model params, shared params) -> default.
+
+    Read from ``mergekit.merge_methods.get(method).spec`` so the parameters are declared once,
+    by mergekit, not in a second hand-kept map.
+    """
+    from mergekit.merge_methods import get
+
+    per_model: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
+    for p in get(method).spec.parameters:
+        target = shared if p.scope.value == "shared" else per_model
+        target[p.name] = None if p.required else p.default
+    return per_model, shared
+
+
+def _check_bound(key: str, bound: Bound, per_model: dict[str, Any], method: str,
+                 field: str) -> None:
+    if key not in per_model:
+        raise FieldProblem(f"'{key}' is not a per-model parameter of {method}",
+                           f"use one of {list(per_model)}", field=field,
+                           value=bound, has_value=True)
+    lo_ok, hi_ok = ADMISSIBLE.get(key, (float("-inf"), float("inf")))
+    low, high = (bound, bound) if isinstance(bound, float | int) else bound
+    if low > high:
+        raise FieldProblem("low bound is above the high bound", "write [low, high] "
+                           "with low <= high", field=field, value=list(bound), has_value=True)
+    if low < lo_ok or high > hi_ok or (key == "density" and low <= 0.0):
+        raise FieldProblem(f"is outside the range mergekit accepts for {key}",
+                           f"keep it within [{lo_ok}, {hi_ok}]"
+                           + (" and above 0" if key == "density" else ""),
+                           field=field, value=bound, has_value=True)
+
+
+class TaskSpec(_Frozen):
+    """One lm-eval task and how to score it."""
+
+    task: str
+    """lm-eval task name, a task YAML path, or ``fixture:tasks/<name>.yaml``."""
+    name: str | None = None
+    metric: str = "acc"
+    filter: str = "none"
+    limit: Annotated[int, Field(ge=1)] | float | None = None
+    """Documents per evaluation: a count >= 1 or a fraction in (0, 1]; None = all."""
+    sample_seed: int = 1234
+    """Seed of the fixed subsample (the same documents for every trial)."""
+    num_fewshot: int | None = Field(default=None, ge=0)
+    apply_chat_template: bool = False
+    gen_kwargs: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int | None = Field(default=None, ge=1)
+    """Overrides ``compute.batch_size`` for this task."""
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, ref: str, info: ValidationInfo) -> str:
+        ref = ref.strip()
+        if ref.startswith("fixture:"):
+            if not (ref.startswith("fixture:tasks/") and ref.endswith((".yaml", ".yml"))):
+                raise FieldProblem("fixture tasks are YAML files under fixture:tasks/",
+                                   "write fixture:tasks/<name>.yaml", value=ref,
+                                   has_value=True)
+            return ref
+        local = _is_local(ref, _base_dir(info))
+        if local is not None:
+            if not local.is_file():
+                raise FieldProblem(f"no task YAML at {local}", "fix the path (relative "
+                                   "paths resolve against the spec's folder)", value=ref,
+                                   has_value=True)
+            return str(local)
+        if not re.match(r"^[\w.-]+$", ref):
+            raise FieldProblem("is neither a task YAML file nor an lm-eval task name",
+                               "give an lm-eval task name like 'gsm8k' or a path to a "
+                               "task .yaml", value=ref, has_value=True)
+        return ref
+
+    @field_validator("limit")
+    @classmethod
+    def _check_limit(cls, limit: int | float | None) -> int | float | None:
+        if isinstance(limit, float) and not 0.0 < limit <= 1.0:
+            raise FieldProblem("must be a count >= 1 or a fraction in (0, 1]",
+                               "set a positive count (e.g. 100) or a fraction (e.g. 0.25)",
+                               value=limit, has_value=True)
+        return limit
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str | None) -> str | None:
+        if name is not None and not _NAME.match(name):
+            raise FieldProblem("must be letters, digits, '_', '.', '-'",
+                               "rename it, e.g. 'gsm8k_subset'", value=name, has_value=True)
+        return name
+
+    @property
+    def label(self) -> str:
+        """The task's short name: ``name``, else the YAML stem or the task name."""
+        if self.name:
+            return self.name
+        stem = self.task.rstrip("/").split("/")[-1]
+        return re.sub(r"\.ya?ml$", "", stem)
+
+
+class ObjectiveSpec(TaskSpec):
+    """A task whose score the search optimises."""
+
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class SparsitySpec(_Frozen):
+    """The paper's sparsity objective: sum |merged - base| over all parameters, minimised."""
+
+    enabled: bool = True
+    name: str = "sparsity"
+
+
+class ObjectivesSpec(_Frozen):
+    """Task objectives plus the sparsity objective."""
+
+    tasks: list[ObjectiveSpec] = Field(min_length=1)
+    sparsity: SparsitySpec = Field(default_factory=SparsitySpec)
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _bool_sparsity(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+_SPEC_SET = {"n_init", "rounding", "task_objectives"}
+"""Strategy settings the spec sets itself (from optimizer.n_init, merge.rounding, objectives)."""
+
+
+class OptimizerSpec(_Frozen):
+    """Which strategy proposes recipes, and the evaluation budget."""
+
+    strategy: str = "mmmo"
+    n_init: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=5, ge=1)
+    iterations: int = Field(default=4, ge=0)
+    seed: int = 0
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """Strategy settings, validated by the strategy's own settings model."""
+
+    @model_validator(mode="after")
+    def _check_strategy(self) -> OptimizerSpec:
+        from mmmo import optimization
+
+        names = optimization.strategy_names()
+        if self.strategy not in names:
+            close = difflib.get_close_matches(self.strategy, names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise FieldProblem("is not a known strategy", f"{hint}use one of "
+                               f"{', '.join(names)}", field="strategy",
+                               value=self.strategy, has_value=True)
+        for key in sorted(_SPEC_SET):
+            if key in self.settings:
+                where = {"n_init": "optimizer.n_init", "rounding": "merge.rounding",
+                         "task_objectives": "objectives"}[key]
+                raise FieldProblem(f"'{key}' is set by the spec itself",
+                                   f"remove it here; set {where} instead",
+                                   field=f"settings.{key}", value=self.settings[key],
+                                   has_value=True)
+        model = optimization.settings_model(self.strategy)
+        try:
+            model(**self.settings)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            allowed = ", ".join(sorted(set(model.model_fields) - _SPEC_SET))
+            problem = ("is not a setting" if err["type"] == "extra_forbidden"
+                       else err["msg"].split(",")[0].lower())
+            raise FieldProblem(f"{problem} of strategy {self.strategy}",
+                               f"settings of {self.strategy} are: {allowed}",
+                               field=f"settings.{key}", value=err.get("input"),
+                               has_value="input" in err) from None
+        return self
+
+    @property
+    def budget(self) -> int:
+        """Total evaluations: ``n_init + batch_size * iterations``."""
+        return self.n_init + self.batch_size * self.iterations
+
+
+class ConstraintSpec(_Frozen):
+    """A bound on an objective's natural value (sparsity: an L1 norm; tasks: a score)."""
+
+    objective: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_side(self) -> ConstraintSpec:
+        if self.min is None and self.max is None:
+            raise FieldProblem("needs a bound", "add min: <value> and/or max: <value>",
+                               value=self.objective, has_value=True, field="objective")
+        return self
+
+
+class PickSpec(_Frozen):
+    """How the final recipe is chosen from the evaluated ones."""
+
+    policy: Literal["primary", "knee", "weighted"] = "primary"
+    primary: str | None = None
+    """Objective whose best score wins under ``primary`` (default: the first task)."""
+    weights: dict[str, float] = Field(default_factory=dict)
+    constraints: list[ConstraintSpec] = Field(default_factory=list)
+
+
+class ComputeSpec(_Frozen):
+    """Where trials run: device, precision, evaluation batch size, concurrency."""
+
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int | Literal["auto"] = 32
+    max_concurrent_trials: int = Field(default=1, ge=1)
+    runner: Literal["threads", "ray", "dask"] = "threads"
+    runner_address: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise FieldProblem("is not a device", "use auto, cpu, cuda, cuda:<index> or mps",
+                               value=device, has_value=True)
+        return device
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _check_batch(cls, size: Any) -> Any:
+        if isinstance(size, str) and size != "auto" or isinstance(size, bool):
+            raise FieldProblem("is neither a number nor 'auto'", "use a positive batch "
+                               "size or 'auto'", value=size, has_value=True)
+        if isinstance(size, int) and size < 1:
+            raise FieldProblem("must be >= 1", "use a positive batch size or 'auto'",
+                               value=size, has_value=True)
+        return size
+
+
+class EvaluationSpec(_Frozen):
+    """Retries and time limits of one benchmark evaluation."""
+
+    retries: int = Field(default=2, ge=0, le=20)
+    retry_delay_seconds: float | list[float] = Field(default_factory=lambda: [2.0, 10.0])
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class SearchSpec(_Frozen):
+    """A whole search: what to merge, what to optimise, where to store it, how to run it."""
+
+    name: str
+    description: str = ""
+    base: ModelSpec
+    sources: list[ModelSpec] = Field(min_length=1)
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    objectives: ObjectivesSpec
+    heldout: list[TaskSpec] = Field(default_factory=list)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    pick: PickSpec = Field(default_factory=PickSpec)
+    storage: str = "./studies"
+    """Where studies live: a local folder, file://..., s3://bucket/prefix or any fsspec URL."""
+    study: str | None = None
+    """Study name (default: ``name``); lowercase letters, digits and dashes."""
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise FieldProblem("must be letters, digits, '_', '.', '-'",
+                               "rename it, e.g. 'qwen15-7b-mmmo'", value=name, has_value=True)
+        return name
+
+    @field_validator("study")
+    @classmethod
+    def _check_study(cls, study: str | None) -> str | None:
+        if study is not None and not _STUDY.match(study):
+            raise FieldProblem("must be 1-63 lowercase letters, digits and dashes",
+                               "rename it, e.g. 'fixture-demo'", value=study, has_value=True)
+        return study
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, url: str) -> str:
+        proto = url.split("://", 1)[0] if "://" in url else "file"
+        if proto not in fsspec.available_protocols():
+            raise FieldProblem(f"unknown storage protocol '{proto}'",
+                               "use a local folder, file://, s3://bucket/prefix or another "
+                               "fsspec URL", value=url, has_value=True)
+        return url
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> SearchSpec:
+        self._check_models()
+        self._check_objective_names()
+        self._check_pick()
+        return self
+
+    def _check_models(self) -> None:
+        per_model, _ = method_parameters(self.merge.method)
+        labels = [s.label for s in self.sources]
+        for i, src in enumerate(self.sources):
+            if src.path == self.base.path and src.revision == self.base.revision:
+                raise FieldProblem("is the base model itself", "list only fine-tuned "
+                                   "models of the base's family as sources",
+                                   field=f"sources[{i}].path", value=src.path, has_value=True)
+            if src.label in labels[:i]:
+                raise FieldProblem("two sources share this name", "give each source a "
+                                   "distinct name", field=f"sources[{i}].name",
+                                   value=src.label, has_value=True)
+            for key, bound in src.parameters.items():
+                _check_bound(key, bound, per_model, self.merge.method,
+                             f"sources[{i}].parameters.{key}")
+        if self.base.parameters:
+            raise FieldProblem("the base takes no merge parameters", "move them to sources",
+                               field="base.parameters", value=self.base.parameters,
+                               has_value=True)
+
+    def _check_objective_names(self) -> None:
+        seen: set[str] = set()
+        if self.objectives.sparsity.enabled:
+            seen.add(self.objectives.sparsity.name)
+        for i, obj in enumerate(self.objectives.tasks):
+            if obj.label in seen:
+                raise FieldProblem("two objectives share this name", "set a distinct "
+                                   "name: for each objective", field=f"objectives.tasks[{i}]"
+                                   ".name", value=obj.label, has_value=True)
+            seen.add(obj.label)
+
+    def _check_pick(self) -> None:
+        names = self.objective_names()
+        task_names = [o.label for o in self.objectives.tasks]
+        if self.pick.primary is not None and self.pick.primary not in names:
+            raise FieldProblem("is not an objective", f"use one of {names}",
+                               field="pick.primary", value=self.pick.primary, has_value=True)
+        for key in self.pick.weights:
+            if key not in names:
+                raise FieldProblem("is not an objective", f"use one of {names}",
+                                   field=f"pick.weights.{key}", value=key, has_value=True)
+        if self.pick.policy == "weighted" and not self.pick.weights:
+            raise FieldProblem("policy 'weighted' needs weights", "add pick.weights: "
+                               f"{{{task_names[0]}: 1.0, ...}}", field="pick.weights",
+                               value={}, has_value=True)
+        for i, con in enumerate(self.pick.constraints):
+            if con.objective not in names:
+                raise FieldProblem("is not an objective", f"use one of {names}",
+                                   field=f"pick.constraints[{i}].objective",
+                                   value=con.objective, has_value=True)
+
+    def objective_names(self) -> list[str]:
+        """Objective names in vector order: the tasks, then sparsity when enabled."""
+        names = [o.label for o in self.objectives.tasks]
+        if self.objectives.sparsity.enabled:
+            names.append(self.objectives.sparsity.name)
+        return names
+
+    @property
+    def study_name(self) -> str:
+        """The study's name: ``study`` or a slug of ``name``."""
+        return self.study or re.sub(r"[^a-z0-9-]+", "-", self.name.lower()).strip("-")[:63]
+
+    def with_overrides(self, **changes: Any) -> SearchSpec:
+        """A copy with top-level fields replaced (e.g. ``storage=``, ``study=``), re-validated."""
+        data = self.model_dump(mode="json")
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return parse_spec(data, source="override")
+
+    def to_yaml(self) -> str:
+        """The spec as YAML, every default written out (what a study stores)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+def load_spec(path_or_url: str | Path) -> SearchSpec:
+    """Read and validate a spec from a local path or any fsspec URL (s3://, file://, ...).
+
+    Raises:
+        SpecError: one line naming the field, the bad value and the fix.
+    """
+    ref = str(path_or_url)
+    try:
+        with fsspec.open(ref, "r", encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise SpecError("spec", "file not found", value=ref,
+                        fix="check the path or URL of the spec YAML") from None
+    except (OSError, ValueError) as exc:
+        raise SpecError("spec", f"cannot be read: {exc}".splitlines()[0], value=ref,
+                        fix="check the URL and its credentials") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError("spec", f"is not valid YAML{where}", has_value=False, source=ref,
+                        fix="fix the YAML syntax there") from None
+    base_dir = Path(ref).expanduser().resolve().parent if "://" not in ref else None
+    if ref.startswith("file://"):
+        base_dir = Path(ref[len("file://"):]).expanduser().resolve().parent
+    data = _default_name(data, ref)
+    return parse_spec(data, source=ref, base_dir=base_dir)
+
+
+def _default_name(data: Any, ref: str) -> Any:
+    if isinstance(data, dict) and "name" not in data:
+        stem = Path(ref.split("://")[-1]).stem
+        return {"name": stem, **data}
+    return data
+
+
+def parse_spec(data: Any, *, source: str | None = None,
+               base_dir: Path | None = None) -> SearchSpec:
+    """Validate a spec given as a mapping; errors become one-line :class:`SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError("spec", "must be a YAML mapping of fields", value=type(data).__name__,
+                        fix="start from examples/fixture.yaml", source=source)
+    try:
+        return SearchSpec.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise _one_line(exc, source) from None
+
+
+def _one_line(exc: ValidationError, source: str | None) -> SpecError:
+    """The first validation error of ``exc`` as a SpecError with a fix."""
+    err = exc.errors()[0]
+    loc = list(err["loc"])
+    problem = err.get("ctx", {}).get("error")
+    if isinstance(problem, FieldProblem):
+        if problem.field:
+            loc += problem.field.split(".")
+        return SpecError(_loc(loc), problem.problem, value=problem.value,
+                         has_value=problem.has_value, fix=problem.fix, source=source)
+    kind = err["type"]
+    field = _loc(loc)
+    if kind == "missing":
+        return SpecError(field, "is required", has_value=False, source=source,
+                         fix=f"add '{loc[-1]}' (see examples/fixture.yaml)")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else "remove it; "
+        return SpecError(field, "is not a known field", has_value=False, source=source,
+                         fix=f"{hint}allowed here: {', '.join(allowed)}")
+    problem, fix = _phrase(kind, err.get("ctx") or {}, err["msg"])
+    return SpecError(field, problem, value=err.get("input"), has_value="input" in err,
+                     fix=fix, source=source)
+
+
+_TYPE_FIX = {
+    "int": "write a whole number, e.g. 10",
+    "float": "write a number, e.g. 0.5",
+    "bool": "write true or false",
+    "string": "write a string (quote it in YAML)",
+    "dict": "write a mapping of key: value",
+    "model": "write a mapping of key: value",
+    "list": "write a list, e.g. [a, b]",
+    "tuple": "write a list [low, high]",
+}
+_BOUND = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+          "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+
+
+def _phrase(kind: str, ctx: dict[str, Any], msg: str) -> tuple[str, str]:
+    """(problem, fix) for one of pydantic's built-in error types."""
+    if kind in _BOUND:
+        op, key = _BOUND[kind]
+        limit = ctx.get(key)
+        return f"must be {op} {limit}", f"set a value {op} {limit}"
+    if kind == "literal_error":
+        return "is not an allowed value", "use " + str(ctx.get("expected", "an allowed value"))
+    if kind == "too_short":
+        n = ctx.get("min_length", 1)
+        return f"needs at least {n} item(s)", f"list at least {n}"
+    for prefix, fix in _TYPE_FIX.items():
+        if kind.startswith(prefix + "_") or kind == prefix + "_type":
+            return "has the wrong type", fix
+    return msg.split(",")[0].rstrip(".").lower(), "see examples/fixture.yaml for this field"
+
+
+def _loc(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part) in ("float", "tuple[float, float]", "int", "constrained-int"):
+            continue  # pydantic's union-branch labels add nothing for the user
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "spec"
+
+
+def _allowed_keys(loc: list[Any]) -> list[str]:
+    """Field names of the spec model at ``loc`` (for 'did you mean' hints)."""
+    model: Any = SearchSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _inner_model(field.annotation)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, Union, types.UnionType, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Idempotent set-up of the project-local virtual environment (.venv).
+# torch is installed first, alone, with the exact pin (a CPU wheel is on disk on this machine
+# kind; any looser spec pulls GBs of CUDA wheels), then the project with constraints.txt.
+# Re-runs are no-ops unless pyproject.toml, constraints.txt or this script changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.mmmo-installed"
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/mmmo" ]]; then
+  exit 0
+fi
+echo "setting up $VENV (torch first, then the project; ~3 min on a fresh machine)" >&2
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip install "$(grep -E '^torch==' constraints.txt)"
+pip install -c constraints.txt -e ".[test]"
+echo "$want" > "$STAMP"
+echo "set-up done: $VENV" >&2
