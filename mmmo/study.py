@@ -1,0 +1,365 @@
+"""The study store: the single source of truth of a search, on any fsspec filesystem.
+
+Layout under ``<storage>/<study>/``::
+
+    spec.yaml                 the spec the study was created with (every default written out)
+    study.json                objective names, search-space names, mm-mo version, created time
+    lease.json                which run holds the study, until when (heartbeat-renewed)
+    proposals/0003.json       iteration 3's proposed batch, written BEFORE it is evaluated
+    trials/0017.json          one whole trial: recipe, x, objectives, stderrs, status, error,
+                              timings, per-benchmark lm-eval results
+    optimizer.json            the optimizer's state after the last update (for inspection;
+                              resuming replays trials, so the store alone is enough)
+    exports/<recipe_id>/      exported HF folders + mergekit YAML
+    reports/                  report.md / report.html / PNGs
+
+Every write is atomic: a local file is written to a temporary name and renamed over the
+target; on object stores (s3://) one object is one PUT, which readers see whole or not at all.
+A record is therefore never seen half-written, and a crash leaves at most a stray temp file.
+
+Credentials and endpoints of remote stores come from the usual environment variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for S3-compatible
+servers, ...), or from ``storage_options`` passed to :class:`StudyStore`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmmo import __version__
+from mmmo.errors import LeaseHeldError, StudyError
+from mmmo.spec import SearchSpec, parse_spec
+
+__all__ = ["Lease", "Proposal", "StudyStore", "TrialRecord", "search_fields_differ"]
+
+TrialStatus = Literal["complete", "failed"]
+
+#: Spec sections that define the search itself: a resumed study must not change them.
+SEARCH_FIELDS = ("base", "sources", "merge", "objectives", "optimizer")
+
+
+def utcnow() -> str:
+    """Now, as an ISO-8601 UTC timestamp."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProposedTrial(_Record):
+    """One recipe of a proposed batch."""
+
+    number: int
+    x: list[float]
+    recipe_id: str
+    recipe: dict[str, Any]
+
+
+class Proposal(_Record):
+    """A batch the optimizer proposed, stored before any of it is evaluated."""
+
+    iteration: int
+    trials: list[ProposedTrial]
+    strategy: str
+    seconds: float = 0.0
+    created_at: str = Field(default_factory=utcnow)
+
+
+class TrialRecord(_Record):
+    """A finished trial (complete or failed), written whole as one JSON document."""
+
+    number: int
+    iteration: int
+    recipe_id: str
+    x: list[float]
+    recipe: dict[str, Any]
+    status: TrialStatus
+    objectives: dict[str, float | None] = Field(default_factory=dict)
+    """Natural-scale values by objective name (score, or the L1 sparsity); None if failed."""
+    values: list[float | None] = Field(default_factory=list)
+    """The maximised vector the optimizer is told (None where failed)."""
+    stderrs: list[float | None] = Field(default_factory=list)
+    sparsity_by_group: dict[str, float] = Field(default_factory=dict)
+    benchmarks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per objective: the benchmark result or its typed failure (JSON)."""
+    error: dict[str, Any] | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    worker: str = ""
+    finished_at: str = Field(default_factory=utcnow)
+
+    @property
+    def trial_id(self) -> str:
+        """Zero-padded trial number, the record's file name."""
+        return f"{self.number:04d}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a study, and until when."""
+
+    holder: str
+    host: str
+    pid: int
+    acquired_at: float
+    expires_at: float
+
+    def is_stale(self, now: float | None = None) -> bool:
+        """Expired, or held by a process on this host that no longer exists."""
+        now = time.time() if now is None else now
+        if self.expires_at < now:
+            return True
+        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def search_fields_differ(a: SearchSpec, b: SearchSpec) -> list[str]:
+    """Names of the search-defining spec sections that differ between ``a`` and ``b``."""
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    return [k for k in SEARCH_FIELDS if da[k] != db[k]]
+
+
+class StudyStore:
+    """Read and write one study under ``<storage>/<name>/`` through fsspec."""
+
+    def __init__(self, storage: str, name: str, *,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.storage = storage.rstrip("/")
+        self.name = name
+        self.fs, root = fsspec.core.url_to_fs(self.storage, **(storage_options or {}))
+        self.root = f"{root.rstrip('/')}/{name}"
+        self.url = f"{self.storage}/{name}"
+        self._local = "file" in _protocols(self.fs)
+        self._lease_stop: threading.Event | None = None
+
+    # ------------------------------------------------------------------ low level, atomic
+
+    def path(self, rel: str) -> str:
+        """Filesystem path of ``rel`` inside the study."""
+        return f"{self.root}/{rel}"
+
+    def url_of(self, rel: str) -> str:
+        """URL of ``rel`` inside the study (with the storage's protocol)."""
+        return f"{self.url}/{rel}"
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` to ``rel`` atomically (readers see old or new, never a part)."""
+        target = self.path(rel)
+        parent = target.rsplit("/", 1)[0]
+        if self._local:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)  # one PUT: atomic per object
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        """Write ``obj`` as JSON to ``rel`` atomically."""
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=False).encode())
+
+    def read_bytes(self, rel: str) -> bytes:
+        """Read ``rel``; FileNotFoundError if absent."""
+        return self.fs.cat_file(self.path(rel))
+
+    def read_json(self, rel: str) -> Any:
+        """Read and parse the JSON document ``rel``."""
+        return json.loads(self.read_bytes(rel))
+
+    def exists(self, rel: str = "spec.yaml") -> bool:
+        """Whether ``rel`` exists in the study (default: whether the study exists)."""
+        return self.fs.exists(self.path(rel))
+
+    def list(self, folder: str, suffix: str = ".json") -> list[str]:
+        """Names of the files in ``folder`` ending with ``suffix``, sorted."""
+        if not self.fs.exists(self.path(folder)):
+            return []
+        self.fs.invalidate_cache(self.path(folder))
+        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path(folder), detail=False)]
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith(".tmp-"))
+
+    # ------------------------------------------------------------------ spec and metadata
+
+    def create(self, spec: SearchSpec, *, dimension_names: list[str]) -> None:
+        """Start a new study: write the spec and its metadata."""
+        self.write_bytes("spec.yaml", spec.to_yaml().encode())
+        self.write_json("study.json", {
+            "name": self.name,
+            "mmmo_version": __version__,
+            "created_at": utcnow(),
+            "objectives": spec.objective_names(),
+            "dimensions": dimension_names,
+            "budget": spec.optimizer.budget,
+        })
+
+    def load_spec(self) -> SearchSpec:
+        """The spec the study was created with."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.read_bytes("spec.yaml"))
+        except FileNotFoundError:
+            raise StudyError(f"no study '{self.name}' at {self.storage} (spec.yaml missing); "
+                             "start it with `mmmo run SPEC --study NAME`") from None
+        return parse_spec(data, source=self.url_of("spec.yaml"))
+
+    def open_or_create(self, spec: SearchSpec, *, dimension_names: list[str]) -> bool:
+        """Create the study, or check that ``spec`` may resume it; True if it existed.
+
+        Raises:
+            StudyError: the stored study searches something else (models, method,
+                objectives or optimizer differ).
+        """
+        if not self.exists():
+            self.create(spec, dimension_names=dimension_names)
+            return False
+        stored = self.load_spec()
+        changed = search_fields_differ(stored, spec)
+        if changed:
+            raise StudyError(f"study '{self.name}' at {self.storage} was created with a "
+                             f"different {', '.join(changed)}; resume it with its own spec "
+                             "(`mmmo resume`) or choose a new --study name")
+        return True
+
+    def metadata(self) -> dict[str, Any]:
+        """The study's ``study.json``."""
+        return self.read_json("study.json")
+
+    # ------------------------------------------------------------------ proposals and trials
+
+    def write_proposal(self, proposal: Proposal) -> None:
+        """Record a proposed batch (before it is evaluated)."""
+        self.write_json(f"proposals/{proposal.iteration:04d}.json",
+                        proposal.model_dump(mode="json"))
+
+    def proposals(self) -> list[Proposal]:
+        """Every proposed batch, by iteration."""
+        return [Proposal.model_validate(self.read_json(f"proposals/{n}"))
+                for n in self.list("proposals")]
+
+    def write_trial(self, record: TrialRecord) -> None:
+        """Record a finished trial, whole, in its own document."""
+        self.write_json(f"trials/{record.trial_id}.json", record.model_dump(mode="json"))
+
+    def trials(self) -> list[TrialRecord]:
+        """Every finished trial, by number."""
+        names = self.list("trials")
+        if not names:
+            return []
+        paths = [self.path(f"trials/{n}") for n in names]
+        blobs = self.fs.cat(paths) if len(paths) > 1 else {paths[0]: self.fs.cat_file(paths[0])}
+        return [TrialRecord.model_validate_json(blobs[p]) for p in paths]
+
+    def pending(self) -> list[ProposedTrial]:
+        """Proposed trials that have no record yet (to evaluate as proposed on resume)."""
+        done = {t.number for t in self.trials()}
+        return [t for p in self.proposals() for t in p.trials if t.number not in done]
+
+    # ------------------------------------------------------------------ lease
+
+    def read_lease(self) -> Lease | None:
+        """The current lease, if any."""
+        try:
+            return Lease(**self.read_json("lease.json"))
+        except FileNotFoundError:
+            return None
+
+    def acquire_lease(self, *, ttl: float = 120.0, holder: str | None = None) -> Lease:
+        """Take the study's lease, or fail if a live run holds it.
+
+        A lease is stale when it expired (its holder stopped renewing it) or when its holder
+        is a dead process on this host; a stale lease is taken over. Object stores give no
+        compare-and-swap, so after writing, the lease is read back: of two racing runs the
+        one that does not read itself back fails (last writer wins).
+
+        Raises:
+            LeaseHeldError: one line naming the holder and when its lease expires.
+        """
+        current = self.read_lease()
+        me = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if current is not None and current.holder != me and not current.is_stale():
+            raise _held(self.name, current)
+        now = time.time()
+        lease = Lease(holder=me, host=socket.gethostname(), pid=os.getpid(),
+                      acquired_at=now, expires_at=now + ttl)
+        self.write_json("lease.json", lease.__dict__)
+        back = self.read_lease()
+        if back is None or back.holder != me:
+            raise _held(self.name, back or lease)
+        return lease
+
+    def renew_lease(self, lease: Lease, *, ttl: float = 120.0) -> Lease:
+        """Extend ``lease``; raises LeaseHeldError if another run took the study over."""
+        back = self.read_lease()
+        if back is not None and back.holder != lease.holder:
+            raise _held(self.name, back)
+        renewed = Lease(**{**lease.__dict__, "expires_at": time.time() + ttl})
+        self.write_json("lease.json", renewed.__dict__)
+        return renewed
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give the lease back (only if still ours)."""
+        back = self.read_lease()
+        if back is not None and back.holder == lease.holder:
+            self.fs.rm_file(self.path("lease.json"))
+
+    @contextmanager
+    def leased(self, *, ttl: float = 120.0, heartbeat: float | None = None) -> Iterator[Lease]:
+        """Hold the lease for the block, renewing it every ``heartbeat`` s (ttl/3)."""
+        lease = self.acquire_lease(ttl=ttl)
+        stop = threading.Event()
+        box = {"lease": lease}
+
+        def beat() -> None:
+            while not stop.wait(heartbeat or ttl / 3):
+                try:
+                    box["lease"] = self.renew_lease(box["lease"], ttl=ttl)
+                except Exception:  # noqa: BLE001 - a failed renewal is retried next beat
+                    continue
+
+        thread = threading.Thread(target=beat, name=f"lease-{self.name}", daemon=True)
+        thread.start()
+        try:
+            yield lease
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            self.release_lease(box["lease"])
+
+
+def _held(name: str, lease: Lease) -> LeaseHeldError:
+    until = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat(timespec="seconds")
+    return LeaseHeldError(f"study '{name}' is held by a running search ({lease.holder}, "
+                          f"lease valid until {until}); wait for it to finish, or stop it "
+                          "and retry once the lease expires")
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    proto = fs.protocol
+    return {proto} if isinstance(proto, str) else set(proto)
