@@ -17,6 +17,10 @@ OFFLINE_DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    # lm-eval would fork a process pool for bootstrap stderrs: unsafe beside threads and CUDA.
+    "DISABLE_MULTIPROC": "1",
+    # Prefect's temporary server can take > 20 s to start on a busy 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

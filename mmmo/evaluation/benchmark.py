@@ -1,0 +1,364 @@
+"""One benchmark (one task on one live model): the unit of work, with its own cache key.
+
+:func:`evaluate_benchmark` runs lm-eval on the resident model through a cached HFLM
+(:mod:`mmmo.evaluation.lm`) on the task's fixed, seeded subsample (:func:`select_docs`). It
+calls :func:`lm_eval.evaluator.evaluate` -- the core of ``simple_evaluate`` -- after applying the
+same task settings ``simple_evaluate`` applies (``gen_kwargs``, ``num_fewshot``, few-shot seed,
+global seeds), because ``simple_evaluate`` also gathers environment metadata on every call
+(``pip list``, ``git``: about 2 s of subprocesses per call, more than a fixture benchmark
+takes). Scores equal ``lm_eval --model hf`` on the exported model (tested).
+
+Failures are data: an exception, a time-out, a non-finite score or an out-of-memory error
+becomes an :class:`EvalFailure`; nothing but a caller's mistake (an unknown task, a model on the
+wrong device) raises.
+
+Time limit: the evaluation runs in a worker thread; when ``timeout_s`` passes, its cancel event
+is set and the worker's next model forward raises (a forward is at most one batch, or one
+generated token), then the worker is given :data:`CANCEL_GRACE_S` to unwind. Python cannot
+interrupt a thread elsewhere: a worker stuck outside the model (dataset loading, a metric) keeps
+running in the background after the failure is returned, though it can no longer run the model.
+A hard limit on such code needs a subprocess (kill -9), which would reload the model per
+benchmark and lose the point of a resident model; not done here.
+
+Out of memory: ``torch.OutOfMemoryError`` (or a RuntimeError saying "out of memory") frees the
+device cache and retries once at half the batch size; if that fails too, the failure has kind
+``oom`` and the batch size that failed.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import random
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from mmmo.evaluation.lm import EvaluationCancelled, check_device, get_lm, measuring
+from mmmo.evaluation.records import BenchmarkResult, EvalFailure, finite_or_none
+from mmmo.evaluation.tasks import (
+    LoadedTask,
+    TaskRegistry,
+    default_registry,
+    docs_hash,
+    select_docs,
+    task_fingerprint,
+)
+from mmmo.spec import TaskSpec
+
+__all__ = ["CANCEL_GRACE_S", "EVAL_VERSION", "benchmark_key", "evaluate_benchmark"]
+
+EVAL_VERSION = "1"
+"""Bumped whenever a change here could change a score: part of every benchmark key."""
+
+CANCEL_GRACE_S = 30.0
+"""Seconds a timed-out evaluation is given to stop at its next forward pass."""
+
+DEFAULT_BOOTSTRAP_ITERS = 1000
+"""Bootstrap draws for metrics without a closed-form standard error (mean/acc need none)."""
+
+_SEEDS = {"random": 0, "numpy": 1234, "torch": 1234}
+"""The global seeds ``simple_evaluate`` sets (lm-eval's defaults)."""
+
+
+def benchmark_key(recipe_id: str, task: TaskSpec, *,
+                  model_fingerprints: Sequence[str] | str = ()) -> str:
+    """A stable hex key of one benchmark: what must match for a stored result to be re-used.
+
+    It covers the recipe id, the task reference and its content hash (YAML, includes, data
+    files; lm-eval's version for built-in tasks), label, metric, filter, limit, sample seed,
+    few-shot count, chat template, generation kwargs, the model fingerprints (e.g. the base and
+    source revisions) and :data:`EVAL_VERSION`. Batch size and direction are left out: they do
+    not change a score.
+
+    Args:
+        recipe_id: The recipe's identity (or a model's name for held-out rows).
+        task: The task and its evaluation settings.
+        model_fingerprints: Revisions/hashes of the models the recipe merges.
+    """
+    fingerprints = [model_fingerprints] if isinstance(model_fingerprints, str) \
+        else list(model_fingerprints)
+    payload = {
+        "eval_version": EVAL_VERSION,
+        "recipe": recipe_id,
+        "task": task.task,
+        "content": task_fingerprint(task.task),
+        "label": task.label,
+        "metric": task.metric,
+        "filter": task.filter,
+        "limit": task.limit,
+        "limit_kind": type(task.limit).__name__,
+        "sample_seed": task.sample_seed,
+        "num_fewshot": task.num_fewshot,
+        "apply_chat_template": task.apply_chat_template,
+        "gen_kwargs": task.gen_kwargs,
+        "models": fingerprints,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
+                       batch_size: int | str = 32, device: str | None = None,
+                       timeout_s: float | None = None, registry: TaskRegistry | None = None,
+                       bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+                       oom_retry: bool = True,
+                       log_samples: bool = False) -> BenchmarkResult | EvalFailure:
+    """Score one task on a live model; never raises for evaluation errors.
+
+    Args:
+        model: The resident transformers model (evaluated where it lives), or an HFLM.
+        tokenizer: Its tokenizer.
+        task: Task, metric/filter, subsample and generation settings.
+        batch_size: Batch size unless ``task.batch_size`` overrides it; ``"auto"`` lets HFLM
+            search one.
+        device: Expected device of the model (None/``auto``: wherever it is).
+        timeout_s: Wall-clock limit for the benchmark (both attempts together); None = none.
+        registry: Task registry (default: the process-wide one).
+        bootstrap_iters: Bootstrap draws for metrics without a closed-form stderr.
+        oom_retry: On out-of-memory, retry once at half the batch size (not for an HFLM given
+            as ``model``: its batch size is its own).
+        log_samples: Keep each document's filtered response, target and metrics in
+            ``raw["samples"][<leaf task>]`` (for inspection; off in searches).
+
+    Returns:
+        A :class:`BenchmarkResult`, or an :class:`EvalFailure` of kind ``exception``,
+        ``timeout``, ``nan`` or ``oom``.
+
+    Raises:
+        SpecError: ``task.task`` names no known task (:func:`validate_tasks` catches it first).
+        ValueError: ``device`` is not where the model lives.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    registry = registry or default_registry()
+    registry.resolve(task.task)
+    if not isinstance(model, HFLM):
+        check_device(model, device)
+    start = time.perf_counter()
+    size: int | str = task.batch_size or batch_size
+    sizes: list[int | str] = [size]
+    if oom_retry and isinstance(size, int) and size > 1 and not isinstance(model, HFLM):
+        sizes.append(size // 2)
+    outcome: BenchmarkResult | EvalFailure | None = None
+    for attempt, bs in enumerate(sizes):
+        remaining = None if timeout_s is None else timeout_s - (time.perf_counter() - start)
+        if remaining is not None and remaining <= 0:
+            break
+        try:
+            lm = get_lm(model, tokenizer, batch_size=bs)
+        except Exception as exc:  # HFLM refused the model or tokenizer
+            return _failure(exc, traceback.format_exc(), task, bs, start, threading.Event())
+        outcome = _attempt(lm, task, registry, batch_size=bs, timeout_s=remaining,
+                           limit_s=timeout_s, bootstrap_iters=bootstrap_iters,
+                           log_samples=log_samples, start=start)
+        if isinstance(outcome, BenchmarkResult) and attempt:
+            outcome = outcome.model_copy(update={"oom_retries": attempt})
+        if not (isinstance(outcome, EvalFailure) and outcome.kind == "oom"):
+            break
+        _free_device_memory()
+        if attempt:
+            outcome = outcome.model_copy(update={
+                "message": f"{outcome.message} (after a retry at half the batch size "
+                           f"{sizes[0]})"})
+    if outcome is None:
+        outcome = EvalFailure(kind="timeout", task=task.label, batch_size=sizes[-1],
+                              message=f"time limit of {timeout_s:g} s reached",
+                              seconds=time.perf_counter() - start)
+    return outcome
+
+
+# --------------------------------------------------------------------------------- internals
+
+
+def _attempt(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int | str,
+             timeout_s: float | None, limit_s: float | None, bootstrap_iters: int,
+             log_samples: bool, start: float) -> BenchmarkResult | EvalFailure:
+    """One evaluation at one batch size, in a cancellable worker thread when time-limited."""
+    cancel = threading.Event()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["out"] = _evaluate(lm, task, registry, batch_size=batch_size, cancel=cancel,
+                                   bootstrap_iters=bootstrap_iters, log_samples=log_samples,
+                                   start=start)
+        except Exception as exc:  # turned into a failure record
+            box["exc"], box["tb"] = exc, traceback.format_exc()
+
+    if timeout_s is None:
+        work()
+    else:
+        worker = threading.Thread(target=work, name=f"eval-{task.label}", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            cancel.set()
+            worker.join(CANCEL_GRACE_S)
+            note = "" if not worker.is_alive() else \
+                "; the worker is still running outside the model and was left behind"
+            return EvalFailure(kind="timeout", task=task.label, batch_size=batch_size,
+                               message=f"time limit of {limit_s:g} s reached{note}",
+                               seconds=time.perf_counter() - start)
+    if "exc" in box:
+        return _failure(box["exc"], box["tb"], task, batch_size, start, cancel)
+    return box["out"]
+
+
+def _evaluate(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int | str,
+              cancel: threading.Event, bootstrap_iters: int, log_samples: bool,
+              start: float) -> BenchmarkResult | EvalFailure:
+    from lm_eval.evaluator import evaluate
+
+    # lm-eval bootstraps some stderrs in a forked multiprocessing pool: unsafe beside threads and
+    # CUDA, and slower than serial at these sample sizes. Serial unless the user chose otherwise.
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")
+    with registry.checkout(task) as loaded, measuring(cancel) as timing:
+        samples = {name: idx for name, n in loaded.n_docs.items()
+                   if (idx := select_docs(n, task.limit, task.sample_seed)) is not None}
+        with _global_seeds():
+            out = evaluate(lm=lm, task_dict=loaded.task_dict, samples=samples or None,
+                           bootstrap_iters=bootstrap_iters, log_samples=log_samples,
+                           apply_chat_template=task.apply_chat_template,
+                           fewshot_as_multiturn=True)
+        return _result(out, loaded, task, samples, batch_size=batch_size,
+                       seconds=time.perf_counter() - start, timing=timing)
+
+
+def _result(out: dict[str, Any], loaded: LoadedTask, task: TaskSpec,
+            samples: dict[str, list[int]], *, batch_size: int | str, seconds: float,
+            timing: Any) -> BenchmarkResult | EvalFailure:
+    """Pick the spec's metric out of lm-eval's output (a group falls back to a doc-weighted mean)."""
+    name = loaded.resolved.name
+    key, se_key = f"{task.metric},{task.filter}", f"{task.metric}_stderr,{task.filter}"
+    entry = (out.get("groups") or {}).get(name) or out["results"].get(name) or {}
+    counts = {leaf: int(n["effective"]) for leaf, n in (out.get("n-samples") or {}).items()
+              if leaf in loaded.leaves}
+    if key in entry:
+        score, stderr = entry[key], finite_or_none(entry.get(se_key))
+    else:
+        score, stderr = _pooled(out["results"], counts, key, se_key)
+    n_docs = sum(counts.values())
+    if score is None:
+        available = sorted(k for k in entry if "," in k and "_stderr" not in k)
+        return EvalFailure(kind="exception", task=task.label, batch_size=batch_size,
+                           seconds=seconds, message=f"lm-eval reported no '{key}' for "
+                           f"{name}; available: {available}")
+    if not isinstance(score, int | float) or not math.isfinite(score):
+        return EvalFailure(kind="nan", task=task.label, batch_size=batch_size, seconds=seconds,
+                           message=f"{key} of {name} is {score} on {n_docs} documents")
+    indices = {leaf: samples[leaf] for leaf in sorted(samples)} or None
+    raw = {k: out.get(k) for k in ("results", "groups", "n-samples", "n-shot",
+                                    "higher_is_better", "versions") if out.get(k)}
+    if out.get("samples"):
+        raw["samples"] = {leaf: [_trim_sample(x) for x in rows]
+                          for leaf, rows in out["samples"].items()}
+    return BenchmarkResult(
+        task=task.label, metric=task.metric, filter=task.filter, score=float(score),
+        stderr=stderr, n_docs=n_docs, n_total=sum(loaded.n_docs.values()),
+        doc_indices=indices, docs_hash=docs_hash(indices), batch_size=batch_size,
+        seconds=seconds, request_seconds=timing.request_seconds,
+        forward_seconds=timing.forward_seconds, raw=_json_safe(raw))
+
+
+def _trim_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """A logged sample without the document, prompts and hashes."""
+    keep = {"doc_id", "target", "filter", "filtered_resps", *sample.get("metrics", [])}
+    return {k: v for k, v in sample.items() if k in keep}
+
+
+def _pooled(results: dict[str, Any], counts: dict[str, int], key: str,
+            se_key: str) -> tuple[float | None, float | None]:
+    """Doc-weighted mean of leaf scores, and its stderr, for a group lm-eval did not aggregate."""
+    found = {leaf: results[leaf] for leaf in counts if key in results.get(leaf, {})}
+    if not found or len(found) != len(counts):
+        return None, None
+    total = sum(counts.values())
+    if total == 0:
+        return None, None
+    score = sum(counts[leaf] * float(found[leaf][key]) for leaf in found) / total
+    ses = [finite_or_none(found[leaf].get(se_key)) for leaf in found]
+    if any(se is None for se in ses):
+        return score, None
+    var = sum((counts[leaf] / total) ** 2 * se ** 2 for leaf, se in zip(found, ses, strict=True))
+    return score, math.sqrt(var)
+
+
+def _failure(exc: BaseException, tb: str, task: TaskSpec, batch_size: int | str, start: float,
+             cancel: threading.Event) -> EvalFailure:
+    seconds = time.perf_counter() - start
+    line = (str(exc).strip().splitlines() or [""])[0][:300]
+    message = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    if isinstance(exc, EvaluationCancelled) or cancel.is_set():
+        kind = "timeout"
+    elif _is_oom(exc):
+        kind = "oom"
+        message = f"out of memory at batch size {batch_size}: {message}"
+    else:
+        kind = "exception"
+    return EvalFailure(kind=kind, task=task.label, message=message, batch_size=batch_size,
+                       seconds=seconds, traceback=tb)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def _global_seeds() -> Iterator[None]:
+    """Seed python/numpy/torch as ``simple_evaluate`` does, and restore their states after.
+
+    The global RNGs are process-wide: two evaluations in parallel threads share them, so only
+    greedy decoding and loglikelihood tasks (which draw nothing) are reproducible in parallel.
+    """
+    import numpy as np
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(_SEEDS["random"])
+        np.random.seed(_SEEDS["numpy"])
+        torch.manual_seed(_SEEDS["torch"])
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-JSON leaf turned into a string and non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    try:
+        number = float(value)  # numpy scalars
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None

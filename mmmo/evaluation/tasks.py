@@ -1,0 +1,492 @@
+"""Task references resolved once per process, loaded task objects pooled, documents subsampled.
+
+A ``TaskSpec.task`` is one of
+
+- a task YAML path (loaded by path, so two YAMLs that share a ``task:`` name never collide; a
+  YAML that defines a *group* gets its folder added to the task index, for its children);
+- ``fixture:tasks/<name>.yaml``, resolved to a path by ``mmmo.fixtures.resolve_ref``;
+- an lm-eval task or group name: looked up in the folders given to :class:`TaskRegistry` first,
+  then in lm-eval's built-in index, which is only built (about 10 s) when a spec names one.
+
+Loaded task objects (their datasets read, their configs parsed) are kept in a pool keyed by the
+settings that change a task object (reference, ``num_fewshot``, ``gen_kwargs``), so a trial does
+not reload its tasks. A pooled object is checked out by one evaluation at a time; a concurrent
+evaluation of the same task gets a second object (loaded then, then pooled too).
+
+Subsampling (:func:`select_docs`): ``limit`` documents out of ``n``, chosen by ranking every
+index ``i`` by ``sha256(f"{seed}:{i}")`` and keeping the ``k`` smallest, returned sorted. The
+choice depends only on ``(n, k, seed)``, so every trial (and every Python/numpy version) sees the
+same documents, and a larger limit keeps every document of a smaller one. A fractional limit is
+``round(fraction * n)`` (at least 1). A limit that covers every document evaluates them all.
+For a group the limit applies to each leaf task, as lm-eval's own ``limit`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mmmo.errors import SpecError
+from mmmo.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
+
+__all__ = [
+    "LoadedTask",
+    "ResolvedTask",
+    "TaskRegistry",
+    "default_registry",
+    "docs_hash",
+    "select_docs",
+    "task_fingerprint",
+    "validate_tasks",
+]
+
+
+@dataclass(frozen=True)
+class ResolvedTask:
+    """Where a task reference points: a YAML file, or a name in lm-eval's index."""
+
+    ref: str
+    """The reference as the spec wrote it."""
+    name: str
+    """The lm-eval task or group name."""
+    path: Path | None = None
+    """The YAML file (None for a name from an index)."""
+    group: bool = False
+    builtin: bool = False
+    """True when the name comes from lm-eval's built-in index."""
+
+    @property
+    def load_spec(self) -> str:
+        """What :meth:`TaskManager.load` is given: a task's YAML path, else the name.
+
+        Groups load by name (lm-eval 0.4.13 cannot load a group YAML by path), from the index
+        of the YAML's folder.
+        """
+        return str(self.path) if self.path is not None and not self.group else self.name
+
+
+@dataclass
+class LoadedTask:
+    """A checked-out task object (or group), its leaf tasks and their document counts."""
+
+    resolved: ResolvedTask
+    task_dict: dict[str, Any]
+    """What :meth:`TaskManager.load` returned: ``tasks``, ``groups``, ``group_map``."""
+    n_docs: dict[str, int] = field(default_factory=dict)
+    """Leaf task name -> its number of evaluation documents."""
+
+    @property
+    def leaves(self) -> dict[str, Any]:
+        """Leaf task name -> lm-eval Task object."""
+        return self.task_dict["tasks"]
+
+
+# ------------------------------------------------------------------------------- subsampling
+
+
+def sample_size(limit: int | float | None, n: int) -> int:
+    """Documents a ``limit`` selects out of ``n``: a count, or ``round(fraction * n)``, >= 1."""
+    if limit is None or n == 0:
+        return n
+    if isinstance(limit, float):
+        return min(n, max(1, round(limit * n)))
+    return min(n, int(limit))
+
+
+@lru_cache(maxsize=256)
+def _ranked(n: int, seed: int) -> tuple[int, ...]:
+    keys = sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    return tuple(keys)
+
+
+def select_docs(n: int, limit: int | float | None, seed: int) -> list[int] | None:
+    """The fixed, seeded subsample of ``n`` documents that ``limit`` selects.
+
+    Args:
+        n: Number of documents of the task.
+        limit: A count >= 1, a fraction in ``(0, 1]``, or None for all documents.
+        seed: The task's ``sample_seed``.
+
+    Returns:
+        Sorted document indices, or None when the limit covers every document.
+    """
+    k = sample_size(limit, n)
+    if k >= n:
+        return None
+    return sorted(_ranked(n, seed)[:k])
+
+
+def docs_hash(indices: dict[str, list[int]] | None) -> str:
+    """A short hash of per-task document indices (``"all"`` for every document)."""
+    if indices is None:
+        return "all"
+    text = json.dumps(indices, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ fingerprints
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """Reads lm-eval YAML without running it: ``!function x`` becomes ``["!function", "x"]``."""
+
+
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    value = loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    return ["!" + suffix, value]
+
+
+_AnyTagLoader.add_multi_constructor("!", _tag)
+
+
+@lru_cache(maxsize=1024)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _digest(path: Path) -> str:
+    stat = path.stat()
+    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _data_files(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _data_files(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _data_files(item)
+
+
+def _walk_tags(value: Any) -> Iterator[str]:
+    if isinstance(value, list):
+        if len(value) == 2 and value[0] == "!function" and isinstance(value[1], str):
+            yield value[1]
+        else:
+            for item in value:
+                yield from _walk_tags(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _walk_tags(item)
+
+
+def _yaml_digests(path: Path, out: dict[str, str], seen: set[Path]) -> None:
+    """Digests of a task YAML, its includes, its ``!function`` modules and local data files."""
+    path = path.resolve()
+    if path in seen:
+        return
+    seen.add(path)
+    out[path.name] = _digest(path)
+    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506
+    if not isinstance(cfg, dict):
+        return
+    includes = cfg.get("include") or []
+    for inc in includes if isinstance(includes, list) else [includes]:
+        inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+        if inc_path.is_file():
+            _yaml_digests(inc_path, out, seen)
+    for qual in _walk_tags(cfg):
+        module = path.parent / (qual.rsplit(".", 1)[0].replace(".", "/") + ".py")
+        if module.is_file():
+            out[f"{module.name}"] = _digest(module)
+    kwargs = cfg.get("dataset_kwargs") or {}
+    candidates = list(_data_files(kwargs.get("data_files"))) if isinstance(kwargs, dict) else []
+    if isinstance(cfg.get("dataset_path"), str):
+        candidates.append(cfg["dataset_path"])
+    for name in candidates:
+        for data in (Path(name), path.parent / name):
+            if data.is_file():
+                out[f"data:{Path(name).name}"] = _digest(data)
+                break
+
+
+def task_fingerprint(ref: str) -> str:
+    """A content hash of a task reference (what a cache key needs to notice a changed task).
+
+    A YAML (or ``fixture:``) task hashes its YAML, included YAMLs, ``!function`` modules beside
+    it and local data files it names; a built-in name hashes the name and lm-eval's version
+    (built-in task configs ship with lm-eval).
+    """
+    path = _ref_path(ref)
+    if path is None:
+        return hashlib.sha256(f"{ref}@lm_eval=={metadata.version('lm_eval')}".encode()).hexdigest()
+    digests: dict[str, str] = {}
+    _yaml_digests(path, digests, set())
+    text = json.dumps(digests, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _ref_path(ref: str) -> Path | None:
+    """The YAML file a reference names, or None for a task name."""
+    if ref.startswith("fixture:"):
+        return _fixture_path(ref)
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        return Path(ref).expanduser().resolve()
+    return None
+
+
+def _fixture_path(ref: str) -> Path:
+    try:
+        from mmmo.fixtures import resolve_ref
+    except ImportError as exc:
+        raise SpecError("task", "fixture references need mmmo.fixtures.resolve_ref",
+                        value=ref, fix=f"install the fixtures package ({exc})") from None
+    return Path(resolve_ref(ref)).expanduser().resolve()
+
+
+# --------------------------------------------------------------------------------- registry
+
+
+class TaskRegistry:
+    """Resolves task references, owns the lm-eval TaskManager and pools loaded tasks.
+
+    Build one per process (:func:`default_registry`) and share it: every method is thread-safe.
+
+    Args:
+        include_paths: Folders of task YAMLs whose task names a spec may use bare.
+    """
+
+    def __init__(self, *, include_paths: Sequence[str | Path] = ()) -> None:
+        self._lock = threading.RLock()
+        self._include = [Path(p).expanduser().resolve() for p in include_paths]
+        self._folders: set[Path] = set(self._include)
+        self._manager: TaskManager | None = None
+        self._manager_key: tuple[frozenset[Path], bool] | None = None
+        self._defaults = False
+        self._resolved: dict[str, ResolvedTask] = {}
+        self._pool: dict[tuple[str, int | None, str], list[LoadedTask]] = {}
+
+    # ------------------------------------------------------------------------ resolution
+
+    def resolve(self, ref: str) -> ResolvedTask:
+        """Resolve a ``TaskSpec.task`` reference (cached).
+
+        Raises:
+            SpecError: the reference names no YAML file and no known task (one line, with a
+                close match when there is one).
+        """
+        with self._lock:
+            hit = self._resolved.get(ref)
+            if hit is None:
+                hit = self._resolved[ref] = self._resolve(ref)
+            return hit
+
+    def _resolve(self, ref: str) -> ResolvedTask:
+        path = _ref_path(ref)
+        if path is not None:
+            return self._resolve_path(ref, path)
+        if self._include:
+            entry = self.manager(defaults=False).task_index.get(ref)
+            if entry is not None:
+                return self._from_entry(ref, entry, builtin=False)
+        index = self.manager(defaults=True).task_index
+        entry = index.get(ref)
+        if entry is None:
+            close = difflib.get_close_matches(ref, list(index), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SpecError("task", "is not an lm-eval task, group or task YAML", value=ref,
+                            fix=f"{hint}check `lm_eval ls tasks`, or give a task .yaml path")
+        return self._from_entry(ref, entry, builtin=True)
+
+    def _resolve_path(self, ref: str, path: Path) -> ResolvedTask:
+        if not path.is_file():
+            raise SpecError("task", f"no task YAML at {path}", value=ref,
+                            fix="fix the path, or use an lm-eval task name")
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        try:
+            cfg = load_yaml(path, resolve_func=False)
+        except Exception as exc:  # a YAML error, an include cycle, not a mapping
+            raise SpecError("task", f"cannot read task YAML {path.name}: "
+                            f"{_first_line(exc)}", value=ref,
+                            fix="fix the YAML (it needs a 'task:' or 'group:' key)") from None
+        if isinstance(cfg.get("group"), str):
+            name, group = cfg["group"], True
+        elif isinstance(cfg.get("task"), str):
+            name, group = cfg["task"], False
+        else:
+            raise SpecError("task", f"{path.name} defines no task", value=ref,
+                            fix="add a 'task: <name>' (or 'group: <name>') key to the YAML")
+        if not group:
+            return ResolvedTask(ref=ref, name=name, path=path)
+        self._folders.add(path.parent)  # the group and its children load through the index
+        indexed = self.manager().task_index.get(name)
+        where = getattr(indexed, "yaml_path", None)
+        if where is None or Path(where).resolve() != path:
+            raise SpecError("task", f"group name '{name}' of {path.name} is also defined "
+                            f"in {where}", value=ref, fix="give the group a unique name")
+        return ResolvedTask(ref=ref, name=name, path=path, group=True)
+
+    @staticmethod
+    def _from_entry(ref: str, entry: Any, *, builtin: bool) -> ResolvedTask:
+        from lm_eval.tasks._index import Kind
+
+        return ResolvedTask(ref=ref, name=entry.name, path=None,
+                            group=entry.kind in (Kind.GROUP, Kind.TAG), builtin=builtin)
+
+    def manager(self, *, defaults: bool | None = None) -> TaskManager:
+        """The shared TaskManager, (re)built only when new folders or the built-ins are needed.
+
+        Args:
+            defaults: Index lm-eval's built-in tasks (~10 s, once). None keeps the current choice.
+        """
+        from lm_eval.tasks import TaskManager
+
+        with self._lock:
+            self._defaults = self._defaults or bool(defaults)
+            key = (frozenset(self._folders), self._defaults)
+            if self._manager is None or self._manager_key != key:
+                self._manager = TaskManager(include_path=sorted(str(p) for p in self._folders)
+                                            or None, include_defaults=self._defaults)
+                self._manager_key = key
+            return self._manager
+
+    # --------------------------------------------------------------------------- loading
+
+    def validate(self, specs: Iterable[TaskSpec], *, field: str = "tasks",
+                 load: bool = True) -> None:
+        """Check task references (and, with ``load``, datasets, metrics and filters) up front.
+
+        Args:
+            specs: The tasks a run will evaluate.
+            field: Spec field they come from, for messages (e.g. ``objectives.tasks``).
+            load: Also load each task (reads its dataset, offline) and check that it reports
+                ``metric`` under ``filter``, and that ``limit`` selects at least one document.
+
+        Raises:
+            SpecError: one line naming ``field[i].task`` (or ``.metric``/``.filter``).
+        """
+        for i, spec in enumerate(specs):
+            where = f"{field}[{i}]"
+            try:
+                self.resolve(spec.task)
+            except SpecError as exc:
+                raise SpecError(f"{where}.task", exc.problem, value=spec.task,
+                                fix=exc.fix) from None
+            if load:
+                self._check_loaded(spec, where)
+
+    def _check_loaded(self, spec: TaskSpec, where: str) -> None:
+        try:
+            with self.checkout(spec) as loaded:
+                metrics, filters = set(), set()
+                for task in loaded.leaves.values():
+                    metrics |= set(task.aggregation())
+                    filters |= {getattr(f, "name", "none") for f in getattr(task, "_filters", [])}
+                n_total = sum(loaded.n_docs.values())
+        except SpecError:
+            raise
+        except Exception as exc:
+            raise SpecError(f"{where}.task", f"cannot be loaded: {_first_line(exc)}",
+                            value=spec.task, fix="check its dataset is available offline "
+                            "(HF_HOME cache or local data_files)") from None
+        if spec.metric not in metrics:
+            raise SpecError(f"{where}.metric", "is not a metric of this task",
+                            value=spec.metric, fix=f"use one of {sorted(metrics)}")
+        if filters and spec.filter not in filters:
+            raise SpecError(f"{where}.filter", "is not a filter of this task",
+                            value=spec.filter, fix=f"use one of {sorted(filters)}")
+        if n_total == 0:
+            raise SpecError(f"{where}.task", "has no evaluation documents", value=spec.task,
+                            fix="check the task's test/validation split")
+
+    def load(self, spec: TaskSpec) -> LoadedTask:
+        """Load a fresh task object for ``spec`` (with its config overrides applied)."""
+        resolved = self.resolve(spec.task)
+        with self._lock:
+            manager = self.manager(defaults=resolved.builtin or None)
+            task_dict = dict(manager.load([resolved.load_spec]))
+        loaded = LoadedTask(resolved=resolved, task_dict=task_dict)
+        for name, task in loaded.leaves.items():
+            _apply_overrides(task, spec)
+            loaded.n_docs[name] = len(task.eval_docs)
+        return loaded
+
+    @contextmanager
+    def checkout(self, spec: TaskSpec) -> Iterator[LoadedTask]:
+        """Borrow a loaded task object for ``spec``: from the pool, else freshly loaded.
+
+        The object is returned to the pool afterwards (also after an error), so the next trial
+        re-uses its parsed config and dataset. One object serves one evaluation at a time.
+        """
+        resolved = self.resolve(spec.task)
+        key = (resolved.load_spec, spec.num_fewshot,
+               json.dumps(spec.gen_kwargs, sort_keys=True, default=str))
+        with self._lock:
+            free = self._pool.setdefault(key, [])
+            loaded = free.pop() if free else None
+        if loaded is None:
+            loaded = self.load(spec)
+        try:
+            for task in loaded.leaves.values():
+                task.set_fewshot_seed(seed=_FEWSHOT_SEED)
+            yield loaded
+        finally:
+            with self._lock:
+                self._pool.setdefault(key, []).append(loaded)
+
+    def clear(self) -> None:
+        """Drop pooled task objects (the TaskManager and resolutions stay)."""
+        with self._lock:
+            self._pool.clear()
+
+
+_FEWSHOT_SEED = 1234
+"""lm-eval's default ``fewshot_random_seed`` (re-applied before every evaluation)."""
+
+
+def _apply_overrides(task: Any, spec: TaskSpec) -> None:
+    """Apply ``gen_kwargs`` and ``num_fewshot`` to a task object as ``simple_evaluate`` does."""
+    if spec.gen_kwargs and task.get_config("output_type") == "generate_until":
+        current = copy.deepcopy(task.get_config("generation_kwargs") or {})
+        task.set_config(key="generation_kwargs", value={**current, **spec.gen_kwargs})
+    if spec.num_fewshot is not None:
+        if task.get_config("num_fewshot") != 0:  # lm-eval never overrides an explicit 0
+            task.set_config(key="num_fewshot", value=spec.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+_DEFAULT: TaskRegistry | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_registry() -> TaskRegistry:
+    """The process-wide registry (created on first use)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = TaskRegistry()
+        return _DEFAULT
+
+
+def validate_tasks(specs: Iterable[TaskSpec], *, field: str = "tasks", load: bool = True,
+                   registry: TaskRegistry | None = None) -> None:
+    """Check every task reference before any expensive work (see :meth:`TaskRegistry.validate`).
+
+    Raises:
+        SpecError: one line naming the bad field, the value and the fix.
+    """
+    (registry or default_registry()).validate(specs, field=field, load=load)
