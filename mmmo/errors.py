@@ -34,6 +34,10 @@ class HomologyError(MmmoError, ValueError):
     """Source models do not share the base model's architecture, tensors or vocabulary."""
 
 
+class MergeError(MmmoError):
+    """A merge could not be materialised (mergekit failed, or the weights are not finite)."""
+
+
 class StudyError(MmmoError):
     """The study store is unusable (missing, locked by a live run, or inconsistent)."""
 
