@@ -41,6 +41,7 @@ from mmmo.errors import SpecError
 
 __all__ = [
     "TASK_ARITHMETIC_METHODS",
+    "BaselineSpec",
     "ComputeSpec",
     "ConstraintSpec",
     "EvaluationSpec",
@@ -432,6 +433,33 @@ class PickSpec(_Frozen):
     constraints: list[ConstraintSpec] = Field(default_factory=list)
 
 
+class BaselineSpec(_Frozen):
+    """A fixed recipe reported beside the pick (the paper's fixed-recipe baselines)."""
+
+    name: str | None = None
+    method: str | None = None
+    """Default: ``merge.method``."""
+    weight: float | None = None
+    """Every source's weight; default ``1 / number of sources``."""
+    density: float | None = Field(default=0.5, gt=0.0, le=1.0)
+    """Every source's density, for methods that have one."""
+    normalize: bool | None = None
+    """Default: ``merge.normalize`` when the method is the searched one, else mergekit's."""
+
+    @field_validator("method")
+    @classmethod
+    def _check_method(cls, method: str | None) -> str | None:
+        return None if method is None else MergeSpec._check_method(method)
+
+    @property
+    def label(self) -> str:
+        """``name``, or e.g. ``dare_ties w=0.33 d=0.5``."""
+        if self.name:
+            return self.name
+        w = "1/n" if self.weight is None else f"{self.weight:g}"
+        return f"{self.method or 'method'} w={w} d={self.density:g}"
+
+
 class ComputeSpec(_Frozen):
     """Where trials run: device, precision, evaluation batch size, concurrency."""
 
@@ -482,6 +510,9 @@ class SearchSpec(_Frozen):
     heldout: list[TaskSpec] = Field(default_factory=list)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     pick: PickSpec = Field(default_factory=PickSpec)
+    baselines: list[BaselineSpec] = Field(default_factory=lambda: [BaselineSpec()])
+    """Fixed recipes scored beside the pick in the final table (default: the searched method
+    with equal weights 1/n and density 0.5)."""
     storage: str = "./studies"
     """Where studies live: a local folder, file://..., s3://bucket/prefix or any fsspec URL."""
     study: str | None = None
@@ -579,6 +610,17 @@ class SearchSpec(_Frozen):
         if self.objectives.sparsity.enabled:
             names.append(self.objectives.sparsity.name)
         return names
+
+    def task(self, name: str) -> TaskSpec:
+        """The objective or held-out task called ``name``.
+
+        Raises:
+            KeyError: no task has that name.
+        """
+        for task in [*self.objectives.tasks, *self.heldout]:
+            if task.label == name:
+                return task
+        raise KeyError(f"no objective or held-out task named {name!r}")
 
     @property
     def study_name(self) -> str:

@@ -88,6 +88,8 @@ class TrialRecord(_Record):
     recipe_id: str
     x: list[float]
     recipe: dict[str, Any]
+    params: dict[str, float | list[float]] = Field(default_factory=dict)
+    """The recipe's searched values, flat (``"<source>.<parameter>"``), for tables."""
     status: TrialStatus
     objectives: dict[str, float | None] = Field(default_factory=dict)
     """Natural-scale values by objective name (score, or the L1 sparsity); None if failed."""

@@ -39,7 +39,7 @@ def test_paper_example_is_the_papers_setup() -> None:
 def test_fixture_example_defaults() -> None:
     spec = load_spec(ROOT / "examples" / "fixture.yaml")
     assert spec.study_name == "fixture-demo"
-    assert [s.label for s in spec.sources] == ["dbl", "rev", "sort"]
+    assert [s.label for s in spec.sources] == ["dbl", "rev", "srt"]
     assert spec.merge.searched_parameters() == ["weight", "density"]
     assert spec.objectives.tasks[0].label == "dbl"
 

@@ -101,6 +101,7 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
         body = info.model_dump_json(indent=2)
         if local:
             (stage / MARKER).write_text(body, encoding="utf-8")
+            _normal_modes(stage)
             if Path(root).exists():
                 shutil.rmtree(root)
             os.replace(stage, root)
@@ -116,6 +117,15 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _normal_modes(folder: Path) -> None:
+    """Give a staged folder the modes a plain ``mkdir``/``open`` would (mkdtemp uses 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for p in folder.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def read_export(url: str | os.PathLike[str], *,

@@ -1,0 +1,365 @@
+"""The ``mmmo`` command line: run, resume, status, pareto, pick, export, report, demo.
+
+Exit codes: 0 ok; 2 bad input (a one-line message, no traceback); 1 runtime failure (the
+message and where the log is).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmmo._env import cache_dir
+from mmmo.errors import HomologyError, MmmoError, SpecError, StudyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="mm-mo: search merge recipes of fine-tuned LLMs with multi-objective "
+                       "Bayesian optimisation (MM-MO), as a Prefect workflow.")
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_STORAGE = os.environ.get("MMMO_STORAGE", "./studies")
+StorageOpt = Annotated[str, typer.Option("--storage", help="Where studies live: a folder, "
+                                         "file://..., s3://bucket/prefix (env MMMO_STORAGE).")]
+StudyArg = Annotated[str, typer.Argument(help="The study's name.")]
+
+BAD_INPUT = (SpecError, HomologyError, StudyError, FileNotFoundError)
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _log_file() -> Path:
+    folder = cache_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"mmmo-{dt.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+
+
+def _guard(fn: Callable[[], Any], *, log: Path | None = None) -> Any:
+    """Run ``fn``; map bad input to exit 2 (one line) and other failures to exit 1."""
+    try:
+        return fn()
+    except BAD_INPUT as exc:
+        err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, markup=True)
+        raise _Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; resume with `mmmo resume STUDY`")
+        raise _Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        log = log or _log_file()
+        with log.open("a") as fh:
+            fh.write(traceback.format_exc())
+        err.print(f"[red]failed:[/red] {_one_line(exc)}\n  log: {log}", highlight=False)
+        raise _Exit(1) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first if isinstance(exc, MmmoError) else f"{type(exc).__name__}: {first}"
+
+
+def _quiet_prefect(log: Path, verbose: bool) -> None:
+    """Send Prefect's and mm-mo's logs to ``log``; the console shows progress only."""
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in ("prefect", "mmmo", "lm-eval", "lm_eval"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+    if not verbose:  # the console shows progress; the API (UI) and the log file get the logs
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+# --------------------------------------------------------------------------------- run
+
+
+def _run_search(spec: str, study: str | None, storage: str | None,
+                max_iterations: int | None, verbose: bool) -> dict[str, Any]:
+    from mmmo.spec import load_spec
+
+    log = _log_file()
+    _quiet_prefect(log, verbose)
+    loaded = _guard(lambda: load_spec(spec), log=log)
+    if study or storage:
+        loaded = _guard(lambda: loaded.with_overrides(study=study, storage=storage), log=log)
+    from mmmo.search import check_inputs
+
+    _guard(lambda: check_inputs(loaded), log=log)
+    from flows.search import merge_search
+
+    err.print(f"study [bold]{loaded.study_name}[/bold] at {loaded.storage}: "
+              f"{loaded.optimizer.budget} trials, strategy {loaded.optimizer.strategy}; "
+              f"log: {log}", highlight=False)
+    def search() -> dict[str, Any]:
+        with _Progress(loaded):  # stops the bar before any error is printed
+            return merge_search(spec=spec, study=loaded.study_name, storage=loaded.storage,
+                                max_iterations=max_iterations)
+
+    result = _guard(search, log=log)
+    _print_result(result)
+    return result
+
+
+class _Progress:
+    """A progress bar of trials done / budget, polling the study store."""
+
+    def __init__(self, spec: Any) -> None:
+        from mmmo.study import StudyStore
+
+        self.store = StudyStore(spec.storage, spec.study_name)
+        self.budget = spec.optimizer.budget
+        self.stop = threading.Event()
+
+    def __enter__(self) -> _Progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.description}"), console=err, transient=False)
+        self.task = self.bar.add_task("", total=self.budget)
+        self.bar.start()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        from mmmo.runtime import activity
+
+        while not self.stop.wait(1.0):
+            try:
+                n = len(self.store.list("trials"))
+            except Exception:  # noqa: BLE001 - progress is best effort
+                continue
+            self.bar.update(self.task, completed=n, description=activity())
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=3)
+        try:
+            self.bar.update(self.task, completed=len(self.store.list("trials")),
+                            description="")
+        finally:
+            self.bar.stop()
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    if not result.get("complete"):
+        out.print(f"stopped early; resume with: mmmo resume {result['study'].rsplit('/', 1)[-1]}")
+        return
+    pick = result["pick"]
+    objs = ", ".join(f"{k}={_fmt(v)}" for k, v in pick["objectives"].items())
+    out.print(f"[bold green]done[/bold green]: pick = trial {pick['number']} ({objs})")
+    out.print(f"  why: {pick['reason']}")
+    out.print(f"  export: {result['export']}")
+    out.print(f"  report: {result['report'].get('report.html')}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1000 else f"{value:.3f}"
+    return str(value)
+
+
+@app.command()
+def run(spec: Annotated[str, typer.Argument(help="Search spec YAML: a path or URL.")],
+        study: Annotated[str | None, typer.Option(help="Study name (overrides the spec).")]
+        = None,
+        storage: Annotated[str | None, typer.Option(help="Storage URL (overrides the spec).")]
+        = None,
+        max_iterations: Annotated[int | None, typer.Option(
+            help="Stop after this many iterations (resume later).")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                              help="Show Prefect's logs.")] = False) -> None:
+    """Run (or resume) a search. Example: [bold]mmmo run examples/fixture.yaml --study demo[/bold]"""
+    _run_search(spec, study, storage, max_iterations, verbose)
+
+
+@app.command()
+def resume(study: StudyArg, storage: StorageOpt = DEFAULT_STORAGE,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Resume an interrupted study with its stored spec. Example: [bold]mmmo resume demo[/bold]"""
+    store = _store(study, storage)
+    _run_search(store.url_of("spec.yaml"), study, storage, None, verbose)
+
+
+@app.command()
+def demo(storage: StorageOpt = DEFAULT_STORAGE,
+         study: Annotated[str, typer.Option(help="Study name.")] = "fixture-demo",
+         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """The end-to-end demo: a search on the bundled offline fixture family.
+
+    Example: [bold]mmmo demo[/bold] (about 5-10 minutes on 2 CPU cores)
+    """
+    spec = Path(__file__).resolve().parents[1] / "examples" / "fixture.yaml"
+    if not spec.is_file():
+        err.print(f"error: the demo spec is missing ({spec}); run from a checkout of mm-mo")
+        raise typer.Exit(2)
+    _run_search(str(spec), study, storage, None, verbose)
+
+
+# --------------------------------------------------------------------------------- inspect
+
+
+def _store(study: str, storage: str) -> Any:
+    from mmmo.study import StudyStore
+
+    store = StudyStore(storage, study)
+    _guard(store.load_spec)
+    return store
+
+
+@app.command()
+def status(study: StudyArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """Progress, best so far and failures of a study. Example: [bold]mmmo status demo[/bold]"""
+    from mmmo.report import study_view
+
+    view = _guard(lambda: study_view(_store(study, storage)))
+    trials = view.trials
+    failed = [t for t in trials if t.status == "failed"]
+    lease = view_lease(study, storage)
+    out.print(f"study [bold]{study}[/bold]: {len(trials)} / {view.spec.optimizer.budget} "
+              f"trials, {len(failed)} failed; {lease}")
+    table = Table("objective", "best", "trial")
+    for j, name in enumerate(view.names):
+        col = view.values[:, j]
+        if len(col) and (col == col).any():
+            k = int(_nanargmax(col))
+            table.add_row(name, _fmt(view.natural[k, j]), str(trials[k].number))
+    out.print(table)
+    for t in failed:
+        out.print(f"  trial {t.number} failed: {(t.error or {}).get('message', '')}")
+    if view.final.get("pick"):
+        out.print(f"pick: trial {view.final['pick']['number']}; export: {view.final['export']}")
+
+
+def _nanargmax(col: Any) -> int:
+    import numpy as np
+
+    return int(np.nanargmax(col))
+
+
+def view_lease(study: str, storage: str) -> str:
+    """The lease state, in words."""
+    from mmmo.study import StudyStore
+
+    lease = StudyStore(storage, study).read_lease()
+    if lease is None:
+        return "not running"
+    return "running" if not lease.is_stale() else "interrupted (stale lease)"
+
+
+@app.command()
+def pareto(study: StudyArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """The Pareto front of a study as a table. Example: [bold]mmmo pareto demo[/bold]"""
+    from mmmo.report import study_view, trial_rows
+
+    view = _guard(lambda: study_view(_store(study, storage)))
+    header, rows = trial_rows(view)
+    table = Table(*header, title=f"Pareto front of {study} ({int(view.pareto.sum())} trials)")
+    for row, on_front in zip(rows, view.pareto, strict=True):
+        if on_front:
+            table.add_row(*row)
+    out.print(table)
+
+
+@app.command("pick")
+def pick_cmd(study: StudyArg, storage: StorageOpt = DEFAULT_STORAGE,
+             policy: Annotated[str | None, typer.Option(
+                 help="primary | knee | weighted (default: the spec's).")] = None) -> None:
+    """Which trial the pick policy chooses, and why. Example: [bold]mmmo pick demo --policy knee[/bold]"""
+    from mmmo.search import Search
+    from mmmo.space import SearchSpace
+
+    if policy not in (None, "primary", "knee", "weighted"):
+        err.print(f"error: --policy: unknown policy {policy!r}; fix: use primary, knee or "
+                  "weighted")
+        raise typer.Exit(2)
+    store = _store(study, storage)
+    spec = store.load_spec()
+    search = Search(spec, store, SearchSpace.from_spec(spec))
+    chosen, why = _guard(lambda: search.pick(policy=policy))
+    objs = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.objectives.items())
+    out.print(f"trial {chosen.number} (recipe {chosen.recipe_id[:12]}): {objs}\n  why: {why}")
+
+
+@app.command()
+def export(study: StudyArg,
+           trial: Annotated[int | None, typer.Argument(help="Trial number (default: the pick).")]
+           = None,
+           out_url: Annotated[str, typer.Option("--out", help="Destination folder or URL.")]
+           = "",
+           storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """Export a trial's recipe as an HF folder + mergekit YAML.
+
+    Example: [bold]mmmo export demo 17 --out ./merged[/bold]
+    """
+    if not out_url:
+        err.print("error: --out: missing; fix: give a destination folder or URL")
+        raise typer.Exit(2)
+    from mmmo.merging.export import export as do_export
+    from mmmo.search import Search
+    from mmmo.space import SearchSpace
+
+    store = _store(study, storage)
+    spec = store.load_spec()
+    search = Search(spec, store, SearchSpace.from_spec(spec))
+
+    def chosen() -> Any:
+        if trial is None:
+            return search.pick()[0]
+        found = [t for t in store.trials() if t.number == trial]
+        if not found:
+            raise StudyError(f"study '{study}' has no trial {trial}; see `mmmo status {study}`")
+        return found[0]
+
+    record = _guard(chosen)
+    recipe = search.space.recipe(record.recipe)
+    info = _guard(lambda: do_export(recipe, out_url))
+    out.print(f"exported trial {record.number} to {info.url}")
+
+
+@app.command()
+def report(study: StudyArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """Write the study's report (PNG + HTML) and print where it is. Example: [bold]mmmo report demo[/bold]"""
+    from mmmo.report import build_report
+
+    rep = _guard(lambda: build_report(_store(study, storage)))
+    for name, url in rep.files.items():
+        out.print(f"{name}: {url}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(standalone_mode=False)
+    except _Exit as exc:
+        sys.exit(exc.code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Per-process state of running searches: open studies and their device slots.
+
+A *slot* is one device's resident merge target (a :class:`~mmmo.merging.Materializer`) and
+what it currently holds. Trials of one slot run one after another; trials on different slots
+run concurrently. Only recipes travel between tasks: merged weights stay in the slot (and so
+on the worker) that made them. A task that finds its slot holding another recipe (after a
+cache hit on the merge, a retry, or on a fresh worker) materialises the recipe again.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmmo.search import Search
+from mmmo.spec import SearchSpec
+from mmmo.study import StudyStore
+
+__all__ = ["Session", "Slot", "activity", "open_session", "session", "set_activity",
+           "slot_devices"]
+
+_ACTIVITY = {"text": ""}
+
+
+def set_activity(text: str) -> None:
+    """Say what this process is doing now (shown by the CLI's progress bar)."""
+    _ACTIVITY["text"] = text
+
+
+def activity() -> str:
+    """What this process is doing now, in a few words."""
+    return _ACTIVITY["text"]
+
+
+def slot_devices(spec: SearchSpec) -> list[str]:
+    """The device of each slot: ``compute.max_concurrent_trials`` slots over the devices."""
+    import torch
+
+    n = spec.compute.max_concurrent_trials
+    device = spec.compute.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        count = torch.cuda.device_count()
+        return [f"cuda:{i % count}" for i in range(n)]
+    return [device] * n
+
+
+class Slot:
+    """One resident merge target on one device."""
+
+    def __init__(self, spec: SearchSpec, device: str) -> None:
+        self.spec = spec
+        self.device = device
+        self.lock = threading.RLock()
+        self._materializer: Any = None
+
+    @property
+    def materializer(self) -> Any:
+        """The slot's Materializer, created on first use (loads base and sources once)."""
+        with self.lock:
+            if self._materializer is None:
+                from mmmo.merging import Materializer
+
+                self._materializer = Materializer.from_spec(self.spec, device=self.device)
+            return self._materializer
+
+    def ensure(self, recipe: Any) -> Any:
+        """The slot's resident model holding ``recipe`` (materialised unless it already is)."""
+        with self.lock:
+            mat = self.materializer
+            if mat.current_recipe_id == recipe.recipe_id and mat.last_result is not None:
+                return mat.last_result
+            return mat.materialize(recipe)
+
+    def ensure_reference(self, label: str) -> Any:
+        """The slot's resident model holding the base or a source model itself."""
+        with self.lock:
+            mat = self.materializer
+            entry = next((m for m in (mat.base, *mat.sources) if m.label == label), None)
+            last = mat.last_result
+            if entry is not None and last is not None and \
+                    last.recipe_id == f"model-{entry.fingerprint}":
+                return last
+            return mat.load_model(label)
+
+
+@dataclass
+class Session:
+    """An open study in this process, with its slots."""
+
+    search: Search
+    slots: list[Slot] = field(default_factory=list)
+
+    def slot(self, index: int) -> Slot:
+        """Slot ``index`` (modulo the number of slots)."""
+        return self.slots[index % len(self.slots)]
+
+
+_SESSIONS: dict[str, Session] = {}
+_LOCK = threading.Lock()
+
+
+def open_session(spec: SearchSpec, *, preflight: bool = True) -> Session:
+    """Open (or create) the spec's study in this process and register it."""
+    search = Search.open(spec, preflight=preflight)
+    sess = Session(search, [Slot(spec, d) for d in slot_devices(spec)])
+    with _LOCK:
+        _SESSIONS[search.store.url] = sess
+    return sess
+
+
+def session(study_url: str) -> Session:
+    """The session of ``study_url``; re-opened from its store on a fresh worker process."""
+    with _LOCK:
+        found = _SESSIONS.get(study_url)
+    if found is not None:
+        return found
+    storage, name = study_url.rstrip("/").rsplit("/", 1)
+    spec = StudyStore(storage, name).load_spec().with_overrides(storage=storage, study=name)
+    return open_session(spec, preflight=False)

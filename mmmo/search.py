@@ -1,0 +1,316 @@
+"""The search, Prefect-free: open a study, propose batches, record trials, pick the winner.
+
+The study store is the source of truth. The optimizer is rebuilt for every proposal by
+replaying the recorded trials batch by batch (strategies are deterministic given their seed
+and told data), so a search killed at any point resumes from its store alone:
+
+- a proposal is written before any of it is evaluated; on resume its unfinished trials are
+  evaluated as proposed, never re-proposed;
+- a finished trial is never evaluated again.
+
+The Prefect flow in ``flows/search.py`` sequences these functions as cached, retried tasks;
+``benchmarks/`` call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmmo.errors import MmmoError
+from mmmo.optimization import Constraint, Optimizer, make_optimizer, pick
+from mmmo.spec import SearchSpec
+from mmmo.study import Proposal, ProposedTrial, StudyStore, TrialRecord
+
+__all__ = ["Batch", "Search", "natural_constraints"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One iteration of the search: its number, size and first trial number."""
+
+    iteration: int
+    size: int
+    first: int
+
+
+def plan(spec: SearchSpec) -> list[Batch]:
+    """The iterations of a search: the initial design, then ``iterations`` batches."""
+    opt = spec.optimizer
+    batches = [Batch(0, opt.n_init, 0)]
+    for k in range(1, opt.iterations + 1):
+        batches.append(Batch(k, opt.batch_size, opt.n_init + (k - 1) * opt.batch_size))
+    return batches
+
+
+def natural_constraints(spec: SearchSpec) -> list[Constraint]:
+    """The spec's constraints (natural scale) as bounds on maximised objective values."""
+    signs = objective_signs(spec)
+    out = []
+    for c in spec.pick.constraints:
+        s = signs[c.objective]
+        for kind, bound in (("min", c.min), ("max", c.max)):
+            if bound is None:
+                continue
+            flipped = kind if s > 0 else {"min": "max", "max": "min"}[kind]
+            out.append(Constraint(objective=c.objective, kind=flipped, bound=s * bound))
+    return out
+
+
+def objective_signs(spec: SearchSpec) -> dict[str, float]:
+    """+1 for maximised objectives, -1 for minimised (natural = sign * maximised)."""
+    signs = {o.label: 1.0 if o.direction == "maximize" else -1.0 for o in spec.objectives.tasks}
+    if spec.objectives.sparsity.enabled:
+        signs[spec.objectives.sparsity.name] = -1.0
+    return signs
+
+
+class Search:
+    """One open study: its spec, store and search space."""
+
+    def __init__(self, spec: SearchSpec, store: StudyStore, space: Any) -> None:
+        self.spec = spec
+        self.store = store
+        self.space = space
+        self.names = spec.objective_names()
+        self.task_objectives = [o.label for o in spec.objectives.tasks]
+        self.batches = plan(spec)
+
+    @classmethod
+    def open(cls, spec: SearchSpec, *, preflight: bool = True,
+             storage_options: dict[str, Any] | None = None) -> Search:
+        """Validate what can be checked cheaply, then open or create the study.
+
+        Homology of the models and the objective/held-out tasks are checked before any
+        expensive work (no weights are loaded).
+
+        Raises:
+            HomologyError, SpecError: the models or tasks cannot be used.
+            StudyError: an existing study with this name searches something else.
+        """
+        from mmmo.space import SearchSpace
+
+        space = SearchSpace.from_spec(spec)
+        if preflight:
+            check_inputs(spec)
+        store = StudyStore(spec.storage, spec.study_name, storage_options=storage_options)
+        store.open_or_create(spec, dimension_names=list(space.names))
+        return cls(spec, store, space)
+
+    # ------------------------------------------------------------------ optimizer and proposals
+
+    def new_optimizer(self) -> Optimizer:
+        """A fresh optimizer as the spec configures it (nothing told yet)."""
+        opt = self.spec.optimizer
+        n_tasks = len(self.spec.objectives.tasks)
+        return make_optimizer(opt.strategy, self.space.dim, len(self.names), seed=opt.seed,
+                              n_init=opt.n_init, rounding=self.spec.merge.rounding,
+                              task_objectives=list(range(n_tasks)), **opt.settings)
+
+    def replay(self, trials: Sequence[TrialRecord], *, upto: int) -> Optimizer:
+        """An optimizer told every recorded trial of the iterations before ``upto``.
+
+        Trials are told batch by batch in iteration order, as an uninterrupted run told them.
+        """
+        optimizer = self.new_optimizer()
+        for batch in self.batches[:upto]:
+            rows = sorted((t for t in trials if t.iteration == batch.iteration),
+                          key=lambda t: t.number)
+            if not rows:
+                continue
+            X = np.array([t.x for t in rows], dtype=float)
+            Y = np.array([_floats(t.values, len(self.names)) for t in rows])
+            Yvar = np.array([_floats(t.stderrs, len(self.names)) for t in rows]) ** 2
+            optimizer.tell(X, Y, Yvar)
+        return optimizer
+
+    def propose(self, iteration: int) -> Proposal:
+        """The proposal of ``iteration``: the stored one, or a new one (written first).
+
+        Raises:
+            RuntimeError: an earlier iteration still has unfinished trials.
+        """
+        existing = {p.iteration: p for p in self.store.proposals()}
+        if iteration in existing:
+            return existing[iteration]
+        trials = self.store.trials()
+        done = {t.number for t in trials}
+        for p in existing.values():
+            if p.iteration < iteration and any(t.number not in done for t in p.trials):
+                raise RuntimeError(f"iteration {p.iteration} has unfinished trials; "
+                                   f"finish it before proposing iteration {iteration}")
+        batch = self.batches[iteration]
+        start = time.perf_counter()
+        X = self.replay(trials, upto=iteration).ask(batch.size)
+        proposed = []
+        for i, x in enumerate(X):
+            recipe = self.space.decode(x)
+            proposed.append(ProposedTrial(number=batch.first + i, x=[float(v) for v in x],
+                                          recipe_id=recipe.recipe_id,
+                                          recipe=recipe_json(recipe)))
+        proposal = Proposal(iteration=iteration, trials=proposed,
+                            strategy=self.spec.optimizer.strategy,
+                            seconds=time.perf_counter() - start)
+        self.store.write_proposal(proposal)
+        return proposal
+
+    def update_surrogate(self, iteration: int) -> dict[str, Any]:
+        """Tell the optimizer ``iteration``'s results; store its state; return progress."""
+        trials = self.store.trials()
+        optimizer = self.replay(trials, upto=iteration + 1)
+        self.store.write_json("optimizer.json", optimizer.state_dict())
+        complete = [t for t in trials if t.status == "complete"]
+        return {"iteration": iteration, "trials": len(trials), "complete": len(complete),
+                "failed": len(trials) - len(complete), "budget": self.spec.optimizer.budget}
+
+    # ------------------------------------------------------------------ trials
+
+    def trial_record(self, proposed: ProposedTrial, iteration: int, *,
+                     merge: Mapping[str, Any] | None, benchmarks: Mapping[str, Mapping[str, Any]],
+                     error: Mapping[str, Any] | None = None,
+                     timings: Mapping[str, float] | None = None,
+                     worker: str = "") -> TrialRecord:
+        """Assemble a trial's record from its merge info and per-benchmark results.
+
+        ``benchmarks`` maps objective name -> a benchmark result (with ``score``/``stderr``)
+        or a typed failure (with ``kind``/``message``). Any failure makes the trial failed.
+        """
+        signs = objective_signs(self.spec)
+        objectives: dict[str, float | None] = {}
+        stderrs: list[float | None] = []
+        failures = []
+        for task in self.spec.objectives.tasks:
+            res = benchmarks.get(task.label)
+            ok = res is not None and "score" in res and res["score"] is not None
+            objectives[task.label] = float(res["score"]) if ok else None
+            stderrs.append(res.get("stderr") if ok else None)
+            if not ok:
+                failures.append({"objective": task.label, **(res or {"kind": "missing"})})
+        if self.spec.objectives.sparsity.enabled:
+            sparsity = None if merge is None else merge.get("sparsity")
+            objectives[self.spec.objectives.sparsity.name] = sparsity
+            stderrs.append(0.0 if sparsity is not None else None)
+        values = [None if objectives[n] is None else signs[n] * objectives[n]
+                  for n in self.names]
+        if error is None and failures:
+            first = failures[0]
+            error = {"kind": first.get("kind", "exception"),
+                     "message": f"{first['objective']}: {first.get('message', '')}"[:500],
+                     "failures": failures}
+        failed = error is not None or any(v is None for v in values)
+        recipe = proposed.recipe
+        return TrialRecord(number=proposed.number, iteration=iteration,
+                           recipe_id=proposed.recipe_id, x=proposed.x, recipe=recipe,
+                           params=self.space.decode(proposed.x).params_table(),
+                           status="failed" if failed else "complete",
+                           objectives=objectives, values=values, stderrs=stderrs,
+                           sparsity_by_group=dict((merge or {}).get("sparsity_by_group", {})),
+                           benchmarks={k: dict(v) for k, v in benchmarks.items()},
+                           error=dict(error) if error else None, timings=dict(timings or {}),
+                           worker=worker)
+
+    # ------------------------------------------------------------------ the final table
+
+    def reference_labels(self) -> list[str]:
+        """Labels of the single models scored in the final table: the base, then sources."""
+        return [self.spec.base.label, *(s.label for s in self.spec.sources)]
+
+    def baselines(self) -> list[tuple[str, Any]]:
+        """The spec's fixed-recipe baselines as ``(label, Recipe)``."""
+        out = []
+        for b in self.spec.baselines:
+            method = b.method or self.spec.merge.method
+            normalize = b.normalize
+            if normalize is None and method == self.spec.merge.method:
+                normalize = self.spec.merge.normalize
+            recipe = self.space.fixed_recipe(method=method, weight=b.weight,
+                                             density=b.density, normalize=normalize)
+            out.append((b.label.replace("method", method), recipe))
+        return out
+
+    def score_table(self, rows: Sequence[str], columns: Sequence[str],
+                    scores: Mapping[tuple[str, str], float]) -> dict[str, Any]:
+        """The paper-style table: rows x tasks, plus averages over objectives, held-out, all.
+
+        Returns:
+            ``{"columns": [...], "rows": {row: {column: score | None}}}`` (JSON-able).
+        """
+        objective = set(self.task_objectives)
+        table: dict[str, dict[str, float | None]] = {}
+        for row in rows:
+            cells = {c: scores.get((row, c)) for c in columns}
+            groups = {"avg objectives": [c for c in columns if c in objective],
+                      "avg held-out": [c for c in columns if c not in objective],
+                      "avg all": list(columns)}
+            for name, cols in groups.items():
+                vals = [cells[c] for c in cols]
+                ok = cols and all(v is not None for v in vals)
+                cells[name] = float(np.mean(vals)) if ok else None
+            table[row] = cells
+        extra = ["avg objectives", *(["avg held-out"] if len(columns) > len(objective) else []),
+                 "avg all"]
+        return {"columns": [*columns, *extra], "rows": table}
+
+    # ------------------------------------------------------------------ the pick
+
+    def pick(self, *, policy: str | None = None) -> tuple[TrialRecord, str]:
+        """The chosen trial under the spec's pick policy (or ``policy``) and why.
+
+        Raises:
+            ValueError: no complete trial, or none satisfies the constraints.
+        """
+        trials = self.store.trials()
+        Y = np.array([_floats(t.values, len(self.names)) for t in trials], dtype=float)
+        if not len(Y) or not np.isfinite(Y).all(axis=1).any():
+            raise MmmoError(f"no trial of study '{self.store.name}' completed, nothing to "
+                            f"pick; see `mmmo status {self.store.name}` for the failures")
+        rule = policy or self.spec.pick.policy
+        primary = self.spec.pick.primary or self.names[0]
+        constraints = natural_constraints(self.spec)
+        idx = pick(Y, rule, names=self.names, primary=primary,
+                   weights=self.spec.pick.weights or None, constraints=constraints)
+        chosen = trials[idx]
+        n_ok = int(np.isfinite(Y).all(axis=1).sum())
+        why = {
+            "primary": f"best {primary} ({chosen.objectives[primary]:.4g}) of {n_ok} complete "
+                       "trials (ties broken by Pareto dominance)",
+            "knee": "the knee of the Pareto front: closest to the ideal point after "
+                    "normalising each objective over the front",
+            "weighted": f"highest weighted sum of normalised objectives, weights "
+                        f"{dict(self.spec.pick.weights)}",
+        }[rule]
+        if constraints:
+            why += "; subject to " + ", ".join(_describe(c) for c in self.spec.pick.constraints)
+        return chosen, why
+
+
+def recipe_json(recipe: Any) -> dict[str, Any]:
+    """A recipe as stored and passed between tasks: its JSON plus its ``recipe_id``."""
+    return {**recipe.model_dump(mode="json"), "recipe_id": recipe.recipe_id}
+
+
+def _describe(c: Any) -> str:
+    parts = []
+    if c.min is not None:
+        parts.append(f"{c.objective} >= {c.min:g}")
+    if c.max is not None:
+        parts.append(f"{c.objective} <= {c.max:g}")
+    return " and ".join(parts)
+
+
+def _floats(values: Sequence[float | None], m: int) -> list[float]:
+    out = [np.nan if v is None else float(v) for v in values]
+    return out + [np.nan] * (m - len(out))
+
+
+def check_inputs(spec: SearchSpec) -> None:
+    """Cheap checks before any expensive work: model homology and task resolution."""
+    from mmmo.evaluation import validate_tasks
+    from mmmo.merging import check_homology
+
+    check_homology(spec.base, spec.sources)
+    validate_tasks([*spec.objectives.tasks, *spec.heldout])
