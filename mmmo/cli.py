@@ -27,7 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="mm-mo: search merge recipes of fine-tuned LLMs with multi-objective "
                        "Bayesian optimisation (MM-MO), as a Prefect workflow.")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_STORAGE = os.environ.get("MMMO_STORAGE", "./studies")
 StorageOpt = Annotated[str, typer.Option("--storage", help="Where studies live: a folder, "

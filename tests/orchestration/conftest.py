@@ -1,0 +1,127 @@
+"""Fixtures of the orchestration tests: small fixture-family specs, Prefect APIs, helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_spec(folder: Path, *, storage: str, name: str = "small", limit: int = 16,
+               n_init: int = 3, batch: int = 2, iterations: int = 1,
+               strategy: str = "random", **changes: Any) -> Path:
+    """Write a small search spec over the fixture family; returns its path."""
+    data: dict[str, Any] = {
+        "name": name,
+        "base": {"path": "fixture:models/base"},
+        "sources": [{"path": f"fixture:models/{s}"} for s in ("dbl", "rev", "srt")],
+        "merge": {"method": "dare_ties", "normalize": False,
+                  "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}},
+        "objectives": {"tasks": [{"task": f"fixture:tasks/{s}.yaml", "limit": limit}
+                                 for s in ("dbl", "rev", "srt")]},
+        "heldout": [{"task": "fixture:tasks/pair.yaml", "limit": limit}],
+        "baselines": [],
+        "optimizer": {"strategy": strategy, "n_init": n_init, "batch_size": batch,
+                      "iterations": iterations, "seed": 0},
+        "storage": storage,
+        "compute": {"device": "cpu", "batch_size": 64},
+        "evaluation": {"retries": 1, "retry_delay_seconds": 0},
+    }
+    for key, value in changes.items():
+        data[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary API server) for in-process flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``prefect server start`` on loopback; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"}
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
+                             "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"prefect server did not start; see {home / 'server.log'}")
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cli_env(api_url: str, home: Path) -> dict[str, str]:
+    """Environment of an ``mmmo`` subprocess talking to the server at ``api_url``."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home),
+           "PYTHONUNBUFFERED": "1"}
+    return env
+
+
+def mmmo(*args: str, env: dict[str, str], cwd: Path | None = None,
+         timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the ``mmmo`` CLI in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "mmmo.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def make_spec() -> Any:
+    """The :func:`small_spec` factory."""
+    return small_spec
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Any:
+    """The :func:`mmmo` subprocess runner."""
+    return mmmo
+
+
+@pytest.fixture(scope="session")
+def cli_environ() -> Any:
+    """The :func:`cli_env` factory."""
+    return cli_env
