@@ -10,15 +10,18 @@ cache hit on the merge, a retry, or on a fresh worker) materialises the recipe a
 from __future__ import annotations
 
 import threading
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from mmmo.search import Search
 from mmmo.spec import SearchSpec
 from mmmo.study import StudyStore
 
-__all__ = ["Session", "Slot", "activity", "open_session", "session", "set_activity",
-           "slot_devices"]
+__all__ = ["Session", "Slot", "activity", "open_session", "run_inline", "session",
+           "set_activity", "slot_devices"]
 
 _ACTIVITY = {"text": ""}
 
@@ -120,3 +123,81 @@ def session(study_url: str) -> Session:
     storage, name = study_url.rstrip("/").rsplit("/", 1)
     spec = StudyStore(storage, name).load_spec().with_overrides(storage=storage, study=name)
     return open_session(spec, preflight=False)
+
+
+def run_inline(search: Search, *, slot: Slot | None = None,
+               cache: MutableMapping[str, Any] | None = None,
+               max_iterations: int | None = None) -> bool:
+    """Run (or resume) a search in this process, without Prefect: one slot, one trial at a time.
+
+    The same store, proposals, records and replay as the flow, so a study can be started here
+    and finished by the flow or the other way round. ``cache`` (e.g. a dict shared by several
+    searches) holds merge infos by ``merge-<recipe id>`` and benchmark outcomes by their
+    :func:`~mmmo.evaluation.benchmark_key`; a recipe whose results are all cached is not
+    materialised.
+
+    Returns:
+        True when the search's budget is exhausted.
+    """
+    slot = slot or Slot(search.spec, slot_devices(search.spec)[0])
+    cache = {} if cache is None else cache
+    ran = 0
+    for batch in search.batches:
+        done = {t.number for t in search.store.trials()}
+        todo = [t for t in search.propose(batch.iteration).trials if t.number not in done] \
+            if not set(range(batch.first, batch.first + batch.size)) <= done else []
+        if not todo:
+            continue
+        if max_iterations is not None and ran >= max_iterations:
+            return False
+        for trial in todo:
+            search.store.write_trial(_inline_trial(search, slot, trial, batch.iteration, cache))
+        search.update_surrogate(batch.iteration)
+        ran += 1
+    return True
+
+
+def _inline_trial(search: Search, slot: Slot, trial: Any, iteration: int,
+                  cache: MutableMapping[str, Any]) -> Any:
+    """Merge (unless cached), evaluate each objective (with retries), and build the record."""
+    from mmmo.evaluation import EvalFailure, Outcome, benchmark_key
+    from mmmo.evaluation import evaluate_benchmark as evaluate
+
+    spec = search.spec
+    recipe = search.space.recipe(trial.recipe)
+    keys = {t.label: benchmark_key(recipe.recipe_id, t,
+                                   model_fingerprints=search.space.fingerprints)
+            for t in spec.objectives.tasks}
+    merge_key = f"merge-{recipe.recipe_id}"
+    outcomes: dict[str, Any] = {}
+    info, error = cache.get(merge_key), None
+    for task in spec.objectives.tasks:
+        if keys[task.label] in cache:
+            outcomes[task.label] = TypeAdapter(Outcome).validate_python(cache[keys[task.label]])
+            continue
+        try:
+            merged = slot.ensure(recipe)
+        except Exception as exc:  # noqa: BLE001 - a failed merge is a failed trial
+            error = {"kind": "merge", "message": f"{type(exc).__name__}: {exc}"[:500]}
+            outcomes[task.label] = EvalFailure(kind="exception", task=task.label,
+                                               message="not evaluated: the merge failed")
+            continue
+        info = merged.info()
+        for _ in range(spec.evaluation.retries + 1):
+            out = evaluate(merged.model, merged.tokenizer, task,
+                           batch_size=task.batch_size or spec.compute.batch_size,
+                           timeout_s=spec.evaluation.timeout_seconds)
+            if not isinstance(out, EvalFailure) or out.kind == "nan":
+                break
+        outcomes[task.label] = out
+        if not isinstance(out, EvalFailure) or out.kind == "nan":
+            cache[keys[task.label]] = out.model_dump(mode="json")
+    if info is None and error is None:  # every benchmark was cached but not the merge
+        info = slot.ensure(recipe).info()
+    if info is not None:
+        cache[merge_key] = info
+    evaluation = search.assemble(outcomes, sparsity=None if info is None else info["sparsity"])
+    timings = {"merge_s": (info or {}).get("seconds", 0.0),
+               **{f"eval_{o.task}_s": o.seconds for o in evaluation.outcomes}}
+    return search.trial_record(trial, iteration, evaluation=evaluation, merge=info,
+                               error=error, timings=timings)

@@ -169,49 +169,45 @@ class Search:
 
     # ------------------------------------------------------------------ trials
 
-    def trial_record(self, proposed: ProposedTrial, iteration: int, *,
-                     merge: Mapping[str, Any] | None, benchmarks: Mapping[str, Mapping[str, Any]],
-                     error: Mapping[str, Any] | None = None,
+    def assemble(self, outcomes: Mapping[str, Any], *, sparsity: float | None) -> Any:
+        """The trial's objective vector from its benchmark outcomes (by objective name).
+
+        ``sparsity`` None while sparsity is an objective (the merge failed) gives a NaN there.
+        """
+        from mmmo.evaluation import assemble_trial
+
+        tasks = self.spec.objectives.tasks
+        sp = self.spec.objectives.sparsity
+        value = (float("nan") if sparsity is None else sparsity) if sp.enabled else None
+        return assemble_trial(tasks, [outcomes[t.label] for t in tasks], sparsity=value,
+                              sparsity_name=sp.name)
+
+    def trial_record(self, proposed: ProposedTrial, iteration: int, *, evaluation: Any,
+                     merge: Mapping[str, Any] | None, error: Mapping[str, Any] | None = None,
                      timings: Mapping[str, float] | None = None,
                      worker: str = "") -> TrialRecord:
-        """Assemble a trial's record from its merge info and per-benchmark results.
+        """A trial's record from its :meth:`assemble`'d evaluation and its merge info.
 
-        ``benchmarks`` maps objective name -> a benchmark result (with ``score``/``stderr``)
-        or a typed failure (with ``kind``/``message``). Any failure makes the trial failed.
+        A failed benchmark (or merge) makes the trial failed, with the first failure as its
+        typed error; the optimizer is told NaN for what failed.
         """
-        signs = objective_signs(self.spec)
-        objectives: dict[str, float | None] = {}
-        stderrs: list[float | None] = []
-        failures = []
-        for task in self.spec.objectives.tasks:
-            res = benchmarks.get(task.label)
-            ok = res is not None and "score" in res and res["score"] is not None
-            objectives[task.label] = float(res["score"]) if ok else None
-            stderrs.append(res.get("stderr") if ok else None)
-            if not ok:
-                failures.append({"objective": task.label, **(res or {"kind": "missing"})})
-        if self.spec.objectives.sparsity.enabled:
-            sparsity = None if merge is None else merge.get("sparsity")
-            objectives[self.spec.objectives.sparsity.name] = sparsity
-            stderrs.append(0.0 if sparsity is not None else None)
-        values = [None if objectives[n] is None else signs[n] * objectives[n]
-                  for n in self.names]
+        failures = [f.model_dump(mode="json", exclude={"traceback"})
+                    for f in evaluation.failures]
         if error is None and failures:
-            first = failures[0]
-            error = {"kind": first.get("kind", "exception"),
-                     "message": f"{first['objective']}: {first.get('message', '')}"[:500],
-                     "failures": failures}
-        failed = error is not None or any(v is None for v in values)
-        recipe = proposed.recipe
-        return TrialRecord(number=proposed.number, iteration=iteration,
-                           recipe_id=proposed.recipe_id, x=proposed.x, recipe=recipe,
-                           params=self.space.decode(proposed.x).params_table(),
-                           status="failed" if failed else "complete",
-                           objectives=objectives, values=values, stderrs=stderrs,
-                           sparsity_by_group=dict((merge or {}).get("sparsity_by_group", {})),
-                           benchmarks={k: dict(v) for k, v in benchmarks.items()},
-                           error=dict(error) if error else None, timings=dict(timings or {}),
-                           worker=worker)
+            error = {"kind": failures[0]["kind"], "message": f"{failures[0]['task']}: "
+                     f"{failures[0]['message']}"[:500], "failures": failures}
+        return TrialRecord(
+            number=proposed.number, iteration=iteration, recipe_id=proposed.recipe_id,
+            x=proposed.x, recipe=proposed.recipe,
+            params=self.space.recipe(proposed.recipe).params_table(),
+            status="failed" if error is not None or evaluation.failed else "complete",
+            objectives=dict(zip(evaluation.names, map(_finite, evaluation.raw_values),
+                                strict=True)),
+            values=[_finite(v) for v in evaluation.values],
+            stderrs=[_finite(v) for v in evaluation.stderrs],
+            sparsity_by_group=dict((merge or {}).get("sparsity_by_group", {})),
+            benchmarks={o.task: o.model_dump(mode="json") for o in evaluation.outcomes},
+            error=dict(error) if error else None, timings=dict(timings or {}), worker=worker)
 
     # ------------------------------------------------------------------ the final table
 
@@ -300,6 +296,10 @@ def _describe(c: Any) -> str:
     if c.max is not None:
         parts.append(f"{c.objective} <= {c.max:g}")
     return " and ".join(parts)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _floats(values: Sequence[float | None], m: int) -> list[float]:

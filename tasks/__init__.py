@@ -84,15 +84,15 @@ def record(study_url: str, trial: dict[str, Any], iteration: int, merged: Any,
     from mmmo.study import ProposedTrial
 
     search = session(study_url).search
-    error = None if isinstance(merged, dict) else _failure("merge", merged)
-    results = {name: value if isinstance(value, dict) else _failure("evaluation", value)
-               for name, value in benchmarks.items()}
-    timings = {"merge_s": merged.get("seconds", 0.0)} if isinstance(merged, dict) else {}
-    timings.update({f"eval_{k}_s": v.get("seconds", 0.0) for k, v in results.items()
-                    if "score" in v})
-    rec = search.trial_record(ProposedTrial.model_validate(trial), iteration, merge=(
-        merged if isinstance(merged, dict) else None), benchmarks=results, error=error,
-        timings=timings, worker=socket.gethostname())
+    ok = isinstance(merged, dict)
+    outcomes = {name: _outcome(name, value, merged_ok=ok) for name, value in benchmarks.items()}
+    evaluation = search.assemble(outcomes, sparsity=merged.get("sparsity") if ok else None)
+    timings = {"merge_s": merged.get("seconds", 0.0)} if ok else {}
+    timings.update({f"eval_{o.task}_s": o.seconds for o in evaluation.outcomes})
+    error = None if ok else {"kind": "merge", "message": _message(merged)}
+    rec = search.trial_record(ProposedTrial.model_validate(trial), iteration,
+                              evaluation=evaluation, merge=merged if ok else None,
+                              error=error, timings=timings, worker=socket.gethostname())
     search.store.write_trial(rec)
     return {"number": rec.number, "status": rec.status, "objectives": rec.objectives}
 
@@ -103,11 +103,22 @@ def update_surrogate(study_url: str, iteration: int) -> dict[str, Any]:
     return session(study_url).search.update_surrogate(iteration)
 
 
-def _failure(stage: str, exc: Any) -> dict[str, Any]:
-    """A typed failure record from a failed upstream (exception, or None if never run)."""
-    if isinstance(exc, EvaluationError) and exc.args and isinstance(exc.args[0], dict):
-        return dict(exc.args[0])
-    if exc is None:
-        return {"kind": "upstream", "message": f"not run: the {stage} it depends on failed"}
-    return {"kind": "exception", "message": f"{type(exc).__name__}: {exc}".splitlines()[0],
-            "stage": stage}
+def _outcome(task: str, value: Any, *, merged_ok: bool) -> Any:
+    """A benchmark's outcome from its task's result, exception, or None (never ran)."""
+    from pydantic import TypeAdapter
+
+    from mmmo.evaluation import EvalFailure, Outcome
+
+    if isinstance(value, dict):
+        return TypeAdapter(Outcome).validate_python(value)
+    if isinstance(value, EvaluationError) and value.args and isinstance(value.args[0], dict):
+        return EvalFailure.model_validate(value.args[0])
+    if value is None:
+        why = "the merge failed" if not merged_ok else "an upstream task failed"
+        return EvalFailure(kind="exception", task=task, message=f"not evaluated: {why}")
+    return EvalFailure(kind="exception", task=task, message=_message(value))
+
+
+def _message(exc: Any) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
