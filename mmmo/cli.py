@@ -52,6 +52,8 @@ def _guard(fn: Callable[[], Any], *, log: Path | None = None) -> Any:
     """Run ``fn``; map bad input to exit 2 (one line) and other failures to exit 1."""
     try:
         return fn()
+    except _Exit:
+        raise
     except BAD_INPUT as exc:
         err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, markup=True)
         raise _Exit(2) from None
@@ -344,7 +346,7 @@ def report(study: StudyArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
 def main() -> None:
     """Console-script entry point."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code in this mode
     except _Exit as exc:
         sys.exit(exc.code)
     except typer.Exit as exc:
@@ -358,7 +360,7 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(130)
         raise
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -276,8 +276,9 @@ class Search:
                        "trials (ties broken by Pareto dominance)",
             "knee": "the knee of the Pareto front: closest to the ideal point after "
                     "normalising each objective over the front",
-            "weighted": f"highest weighted sum of normalised objectives, weights "
-                        f"{dict(self.spec.pick.weights)}",
+            "weighted": "highest weighted sum of normalised objectives, weights "
+                        + (str(dict(self.spec.pick.weights)) if self.spec.pick.weights
+                           else "equal"),
         }[rule]
         if constraints:
             why += "; subject to " + ", ".join(_describe(c) for c in self.spec.pick.constraints)
