@@ -1,0 +1,109 @@
+"""Pareto front, reference point, hypervolume and final-pick helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from botorch.utils.multi_objective.hypervolume import infer_reference_point
+
+from mmmo.optimization import (
+    Constraint,
+    hypervolume,
+    hypervolume_curve,
+    infer_ref_point,
+    pareto_mask,
+    pick,
+)
+
+NAN = np.nan
+
+
+def test_pareto_mask_ignores_failed_rows_and_keeps_ties():
+    Y = np.array([[1.0, 2.0], [2.0, 1.0], [0.5, 0.5], [NAN, 9.0], [1.0, 2.0]])
+    assert pareto_mask(Y).tolist() == [True, True, False, False, True]
+    assert pareto_mask(np.full((2, 2), NAN)).tolist() == [False, False]
+    assert pareto_mask(np.empty((0, 3))).shape == (0,)
+
+
+def test_hypervolume_known_values():
+    Y = np.array([[1.0, 2.0], [2.0, 1.0], [NAN, 5.0], [0.5, 0.5]])
+    assert hypervolume(Y, np.zeros(2)) == pytest.approx(3.0)
+    assert hypervolume(Y, np.array([3.0, 3.0])) == 0.0
+    Y3 = np.array([[1.0, 1.0, 1.0]])
+    assert hypervolume(Y3, np.zeros(3)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="objectives"):
+        hypervolume(Y, np.zeros(3))
+
+
+def test_hypervolume_curve_is_cumulative():
+    Y = np.array([[1.0, 1.0], [NAN, NAN], [0.5, 0.5], [2.0, 1.0], [1.0, 2.0]])
+    assert hypervolume_curve(Y, np.zeros(2)) == pytest.approx([1.0, 1.0, 1.0, 2.0, 3.0])
+
+
+def test_infer_ref_point_is_botorch_rule_on_the_front():
+    Y = np.array([[1.0, 3.0], [3.0, 1.0], [0.0, 0.0], [NAN, 1.0]])
+    expected = infer_reference_point(torch.tensor([[1.0, 3.0], [3.0, 1.0]], dtype=torch.double))
+    np.testing.assert_allclose(infer_ref_point(Y), expected.numpy())
+    np.testing.assert_allclose(infer_ref_point(Y), [0.8, 0.8])
+    with pytest.raises(ValueError, match="no successful"):
+        infer_ref_point(np.full((2, 2), NAN))
+
+
+NAMES = ["acc", "gsm", "sparsity"]
+# acc and gsm are scores; sparsity is stored as -g (maximised).
+Y_PICK = np.array(
+    [
+        [0.60, 0.30, -9.0],  # 0: best acc, dense
+        [0.55, 0.50, -5.0],  # 1: balanced
+        [0.40, 0.60, -2.0],  # 2: best gsm, sparse
+        [NAN, 0.90, -1.0],  # 3: failed
+        [0.60, 0.20, -9.5],  # 4: ties acc with 0 but dominated by it
+        [0.30, 0.10, -1.5],  # 5: sparsest successful
+    ]
+)
+
+
+def test_pick_primary_is_the_papers_rule_with_pareto_tie_break():
+    assert pick(Y_PICK, "primary", names=NAMES) == 0
+    assert pick(Y_PICK, "primary", names=NAMES, primary="gsm") == 2
+    Y = Y_PICK[[4, 0]]
+    assert pick(Y, "primary", names=NAMES) == 1
+
+
+def test_pick_knee_and_weighted():
+    assert pick(Y_PICK, "knee", names=NAMES) in {1, 2}
+    assert pick(Y_PICK, "weighted", names=NAMES, weights={"gsm": 1.0}) == 2
+    assert pick(Y_PICK, "weighted", names=NAMES, weights=[1.0, 0.0, 0.0]) in {0, 4}
+    assert pick(Y_PICK, "weighted", names=NAMES, weights={"sparsity": 1.0}) == 5
+    with pytest.raises(ValueError, match="non-negative"):
+        pick(Y_PICK, "weighted", names=NAMES, weights=[-1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="unknown objectives"):
+        pick(Y_PICK, "weighted", names=NAMES, weights={"mmlu": 1.0})
+
+
+def test_pick_with_constraints():
+    sparse = ("sparsity", "min", -5.0)  # g <= 5
+    assert pick(Y_PICK, "primary", names=NAMES, constraints=[sparse]) == 1
+    gsm_floor = Constraint(objective="gsm", kind="min", bound=0.55)
+    assert pick(Y_PICK, "primary", names=NAMES, constraints=[sparse, gsm_floor]) == 2
+    acc_cap = {"objective": "acc", "kind": "max", "bound": 0.5}
+    assert pick(Y_PICK, "primary", names=NAMES, constraints=[acc_cap]) == 2
+    with pytest.raises(ValueError, match="No successful trial satisfies"):
+        pick(Y_PICK, "knee", names=NAMES, constraints=[("acc", "min", 0.99)])
+    with pytest.raises(ValueError, match="unknown objective"):
+        pick(Y_PICK, "knee", names=NAMES, constraints=[("mmlu", "min", 0.1)])
+
+
+def test_pick_never_chooses_failed_rows_and_validates_input():
+    Y = np.array([[NAN, 9.0], [0.1, 0.1]])
+    for policy in ("primary", "knee", "weighted"):
+        assert pick(Y, policy, names=["a", "b"], primary="b") == 1
+    with pytest.raises(ValueError, match="No successful trial"):
+        pick(np.full((2, 2), NAN), "primary", names=["a", "b"])
+    with pytest.raises(ValueError, match="Unknown pick policy"):
+        pick(Y, "best", names=["a", "b"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="names"):
+        pick(Y, "primary", names=["a"])
+    with pytest.raises(ValueError, match="primary"):
+        pick(Y, "primary", names=["a", "b"], primary="c")
