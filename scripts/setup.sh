@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
+# Every cache lives under .cache (Prefect creates its home without parents).
+mkdir -p .cache/prefect .cache/hf .cache/logs
 STAMP="$VENV/.mmmo-installed"
 # Headless Chromium for the HTML-report test (Debian's package; needs root and apt).
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
