@@ -228,17 +228,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / ".cache" / "paper_table.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("MMMO_CACHE_DIR", str(ROOT / ".cache"))
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars, in every worker
     from mmmo.fixtures import ensure_family
 
     ensure_family()
     started = time.perf_counter()
+    # Finished seeds (and the fixed rows) are kept beside --out, so an interrupted run resumes.
+    parts = Path(args.out).with_suffix("")
+    parts = parts.parent / f"{parts.name}.parts-limit{args.limit}{'-quick' if args.quick else ''}"
+    parts.mkdir(parents=True, exist_ok=True)
+    done = {s: json.loads((parts / f"seed{s}.json").read_text()) for s in range(args.seeds)
+            if (parts / f"seed{s}.json").exists()}
+    if done:
+        print(f"resuming: seeds {sorted(done)} already done ({parts})", flush=True)
     with tempfile.TemporaryDirectory(prefix="paper-table-") as workdir:
-        jobs = [(args, seed, workdir) for seed in range(args.seeds)]
+        jobs = [(args, seed, workdir) for seed in range(args.seeds) if seed not in done]
         ctx = mp.get_context("spawn")
-        with ctx.Pool(max(1, args.workers)) as pool:
-            pending = pool.map_async(_run_seed, jobs)
-            fixed = _fixed_rows(args, workdir)
-            seeds = pending.get()
+        with ctx.Pool(max(1, min(args.workers, len(jobs) or 1))) as pool:
+            def keep(result: dict[str, Any]) -> None:
+                (parts / f"seed{result['seed']}.json").write_text(json.dumps(result))
+
+            pending = [pool.apply_async(_run_seed, (job,), callback=keep) for job in jobs]
+            fixed_file = parts / "fixed.json"
+            if fixed_file.exists():
+                fixed = json.loads(fixed_file.read_text())
+            else:
+                fixed = _fixed_rows(args, workdir)
+                fixed_file.write_text(json.dumps(fixed))
+            for job, result in zip(jobs, pending, strict=True):
+                done[job[1]] = result.get()
+    seeds = [done[s] for s in sorted(done)]
     spec = _spec(args, storage="/tmp/unused")
     objectives = [t.label for t in spec.objectives.tasks]
     columns = objectives + [t.label for t in spec.heldout]

@@ -46,15 +46,6 @@ def small_spec(folder: Path, *, storage: str, name: str = "small", limit: int = 
     return path
 
 
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """Prefect's test harness (a temporary API server) for in-process flows."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

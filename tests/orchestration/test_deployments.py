@@ -30,10 +30,9 @@ def _sh(cmd: list[str], env: dict[str, str], timeout: float = 300) -> str:
 
 
 async def _deployments(api_url: str) -> dict[str, Any]:
-    os.environ["PREFECT_API_URL"] = api_url
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import PrefectClient
 
-    async with get_client() as client:
+    async with PrefectClient(api_url) as client:
         out = {}
         for dep in await client.read_deployments():
             flow = await client.read_flow(dep.flow_id)
@@ -42,10 +41,9 @@ async def _deployments(api_url: str) -> dict[str, Any]:
 
 
 async def _flow_run_state(api_url: str, flow_run_id: str) -> str:
-    os.environ["PREFECT_API_URL"] = api_url
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import PrefectClient
 
-    async with get_client() as client:
+    async with PrefectClient(api_url) as client:
         run = await client.read_flow_run(flow_run_id)
         return run.state.name if run.state else "?"
 

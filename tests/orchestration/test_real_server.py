@@ -93,11 +93,10 @@ def test_rerun_is_all_cache_hits_and_artifacts_are_on_the_server(
 
 async def _task_states(api_url: str, study: str) -> dict[str, list[str]]:
     """State names of every task run of the ``merge-search`` run of ``study`` (+ subflows)."""
-    os.environ["PREFECT_API_URL"] = api_url
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    async with get_client() as client:
+    async with PrefectClient(api_url) as client:
         runs = [r for r in await client.read_flow_runs()
                 if r.parameters.get("study") == study]
         assert len(runs) == 1, [r.parameters for r in runs]
@@ -117,10 +116,9 @@ async def _task_states(api_url: str, study: str) -> dict[str, list[str]]:
 
 
 async def _artifact_keys(api_url: str) -> set[str]:
-    os.environ["PREFECT_API_URL"] = api_url
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import PrefectClient
 
-    async with get_client() as client:
+    async with PrefectClient(api_url) as client:
         return {a.key for a in await client.read_artifacts() if a.key}
 
 
