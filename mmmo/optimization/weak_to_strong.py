@@ -2,7 +2,9 @@ r"""MM-MO's weak-to-strong step: a differential-evolution move of the acquisitio
 towards the best evaluated recipes.
 
 For each candidate (the DE *target*): pick three distinct recipes ``a, b, c`` among the top-k
-evaluated ones (ranked by the sum of task scores, sparsity ignored), build the mutant
+evaluated ones (ranked by the sum of task scores, sparsity ignored; each score min-max scaled
+over the successful trials by default, so that a task on a larger scale does not decide alone:
+the paper sums raw accuracies, which are on one scale), build the mutant
 ``clip(a + F * (b - c), 0, 1)``, and cross it over binomially with the candidate (rate ``CR``,
 at least one coordinate from the mutant). One generation, no selection: the trial vectors
 replace the candidates.
@@ -11,12 +13,18 @@ replace the candidates.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 
 def top_k_by_task_score(
-    X: np.ndarray, Y: np.ndarray, *, k: int, task_objectives: Sequence[int]
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    k: int,
+    task_objectives: Sequence[int],
+    scale: Literal["minmax", "raw"] = "minmax",
 ) -> np.ndarray:
     r"""The ``k`` successful points with the largest sum of task objectives, best first.
 
@@ -25,12 +33,18 @@ def top_k_by_task_score(
         Y: A ``n x m`` array of told outcomes (maximised; non-finite rows are skipped).
         k: Number of points.
         task_objectives: Indices of the task objectives.
+        scale: ``"minmax"`` sums each objective scaled to ``[0, 1]`` over the successful
+            points; ``"raw"`` sums them as they are (the paper's code).
 
     Returns:
         A ``min(k, n_ok) x d`` array.
     """
     ok = np.flatnonzero(np.isfinite(Y).all(axis=1))
-    score = Y[ok][:, list(task_objectives)].sum(axis=1)
+    tasks = Y[ok][:, list(task_objectives)]
+    if scale == "minmax" and len(tasks):
+        span = tasks.max(axis=0) - tasks.min(axis=0)
+        tasks = (tasks - tasks.min(axis=0)) / np.where(span > 0, span, 1.0)
+    score = tasks.sum(axis=1)
     order = ok[np.argsort(-score, kind="stable")]
     return X[order[:k]]
 

@@ -62,6 +62,15 @@ def test_top_k_ranks_by_the_sum_of_task_scores_only():
     np.testing.assert_allclose(top[:, 0], [0.1, 0.3, 0.0])  # sums 0.9, 0.6, then the first 0.2
 
 
+def test_top_k_scales_tasks_so_a_large_one_does_not_decide_alone():
+    X = np.arange(3)[:, None] * np.ones((3, 2)) / 10
+    Y = np.array([[300.0, 0.0], [100.0, 0.9], [0.0, 1.0]])  # task 0 on a 100x larger scale
+    raw = top_k_by_task_score(X, Y, k=1, task_objectives=[0, 1], scale="raw")
+    scaled = top_k_by_task_score(X, Y, k=1, task_objectives=[0, 1])
+    np.testing.assert_allclose(raw[:, 0], [0.0])  # 300 + 0 wins the raw sum
+    np.testing.assert_allclose(scaled[:, 0], [0.1])  # 1/3 + 0.9 beats 1 + 0 and 0 + 1
+
+
 def _fitted(n: int = 8, Yvar: np.ndarray | None = None):
     X = sobol_points(dim=2, n=n, seed=0)
     Y = np.stack([np.sin(3 * X[:, 0]), np.cos(2 * X[:, 1])], axis=1)

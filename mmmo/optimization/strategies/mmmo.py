@@ -27,10 +27,15 @@ Differences from the authors' code, on purpose:
 - failed trials (NaN) are excluded from the GPs but remembered, and no proposal repeats a told,
   pending or batch recipe after rounding (duplicates are replaced by the next-ranked candidate);
 - the Fisher information uses the model conditioned on pending points (asynchronous batches);
-- optional fixed observation noise from the evaluation's standard errors (``use_noise``).
+- optional fixed observation noise from the evaluation's standard errors (``use_noise``);
+- the strong recipes are ranked by the sum of min-max scaled task scores (``rank_scale``): a raw
+  sum lets the objective on the largest scale decide alone (on BraninCurrin it drove the DE
+  donors to Branin's optimum, where Currin is worse than the reference point).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -59,6 +64,9 @@ class MMMOSettings(QEHVISettings):
     """DE differential weight ``F``."""
     de_cr: float = Field(default=0.5, ge=0.0, le=1.0)
     """DE crossover rate ``CR`` (at least one coordinate always comes from the mutant)."""
+    rank_scale: Literal["minmax", "raw"] = "minmax"
+    """How task scores are summed to rank the strong recipes: each min-max scaled over the
+    successful trials (default), or raw (the paper's code; fine when all are accuracies)."""
 
 
 @register_strategy
@@ -83,7 +91,11 @@ class MMMO(QEHVI):
         ).numpy()
         if settings.weak_to_strong:
             parents = top_k_by_task_score(
-                self._X, self._Y, k=settings.top_k, task_objectives=self.task_objectives
+                self._X,
+                self._Y,
+                k=settings.top_k,
+                task_objectives=self.task_objectives,
+                scale=settings.rank_scale,
             )
             if len(parents) >= 3:
                 candidates = weak_to_strong(
