@@ -4,7 +4,8 @@
 
 1. Starts ``prefect server start`` on loopback (unless ``--api`` names one).
 2. Runs ``mmmo run SPEC`` in a subprocess against it (a fresh study in a temporary directory)
-   and times it; then runs the same command again (every task a cache hit) and times that.
+   and times it; then the same command again (the study is complete: nothing is re-evaluated)
+   and, with ``--twin``, a new study of the same spec (every Prefect task a cache hit).
 3. Splits the first run's wall time using the study's own records: merge (mergekit, in
    memory), model forward passes (inside lm-eval), the rest of lm-eval (tokenising, batching,
    metrics), optimizer asks, and everything else — Prefect (task runs, result persistence,
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", default=str(ROOT / "examples" / "fixture.yaml"))
     parser.add_argument("--api", default=None, help="a running Prefect server's API URL")
     parser.add_argument("--noop", type=int, default=100, help="no-op tasks to time")
+    parser.add_argument("--twin", action="store_true",
+                        help="also run a new study of the same spec (every task a cache hit)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MMMO_CACHE_DIR", str(ROOT / ".cache"))
     from mmmo.fixtures import ensure_family
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             started, wall = run_search(args.spec, "overhead", storage, env)
             parts = breakdown(storage, "overhead", started, wall)
             _, same = run_search(args.spec, "overhead", storage, env)
-            _, twin = run_search(args.spec, "overhead-twin", storage, env)
+            twin = run_search(args.spec, "overhead-twin", storage, env)[1] if args.twin else None
             runs = asyncio.run(task_runs(api))
             per_task = noop_tasks(api, args.noop)
         finally:
@@ -193,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
           f"loopback, {os.cpu_count()} CPUs\n")
     print(f"wall time, first run                         {wall:8.1f} s")
     print(f"same command again (study complete)          {same:8.1f} s   ratio {same / wall:.2f}")
-    print(f"new study, same spec (every task cached)     {twin:8.1f} s   ratio {twin / wall:.2f}")
+    if twin is not None:
+        print(f"new study, same spec (every task cached)     {twin:8.1f} s   "
+              f"ratio {twin / wall:.2f}")
     print("\nfirst run, phases:")
     for name, secs in phases.items():
         print(f"  {name:36s} {secs:8.1f} s  {100 * secs / wall:5.1f} %")
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     core = work["merge (mergekit, in memory)"] + work["model forward passes"]
     print(f"\norchestration overhead: {100 * (1 - core / search):.1f} % of the search phase and "
           f"{100 * (1 - core / wall):.1f} % of the whole run lie outside merge + forward passes")
-    print("\ntask runs on the server (all three runs): count, mean seconds")
+    print("\ntask runs on the server (all runs): count, mean seconds")
     for name, secs in sorted(runs.items()):
         print(f"  {name:24s} {len(secs):4d}  {statistics.fmean(secs):7.3f}")
     print(f"\nno-op Prefect task on this server: {per_task[0]:.3f} s each called inline, "
