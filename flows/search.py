@@ -55,6 +55,7 @@ def merge_search(spec: str, study: str | None = None, storage: str | None = None
         ran = 0
         for batch in sess.search.batches:
             if not _unfinished(sess, batch.iteration):
+                sess.search.catch_up(batch.iteration)  # a crash may have cut off its update
                 continue
             if max_iterations is not None and ran >= max_iterations:
                 get_run_logger().info("stopping after %d iteration(s) as asked", ran)

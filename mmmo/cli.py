@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmmo._env import cache_dir
@@ -55,7 +56,7 @@ def _guard(fn: Callable[[], Any], *, log: Path | None = None) -> Any:
     except _Exit:
         raise
     except BAD_INPUT as exc:
-        err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, markup=True)
+        err.print(f"[red]error:[/red] {escape(_one_line(exc))}", highlight=False, markup=True)
         raise _Exit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted; resume with `mmmo resume STUDY`")
@@ -64,7 +65,8 @@ def _guard(fn: Callable[[], Any], *, log: Path | None = None) -> Any:
         log = log or _log_file()
         with log.open("a") as fh:
             fh.write(traceback.format_exc())
-        err.print(f"[red]failed:[/red] {_one_line(exc)}\n  log: {log}", highlight=False)
+        err.print(f"[red]failed:[/red] {escape(_one_line(exc))}\n  log: {escape(str(log))}",
+                  highlight=False)
         raise _Exit(1) from None
 
 
@@ -74,16 +76,28 @@ def _one_line(exc: BaseException) -> str:
     return first if isinstance(exc, MmmoError) else f"{type(exc).__name__}: {first}"
 
 
+_HANDLER: dict[str, logging.Handler | None] = {"current": None}
+
+
 def _quiet_prefect(log: Path, verbose: bool) -> None:
     """Send Prefect's and mm-mo's logs to ``log``; the console shows progress only."""
-    handler = logging.FileHandler(log)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    for name in ("prefect", "mmmo", "lm-eval", "lm_eval"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
     if not verbose:  # the console shows progress; the API (UI) and the log file get the logs
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("TQDM_DISABLE", "1")
+    import prefect.logging.configuration as prefect_logging
+
+    if not prefect_logging.PROCESS_LOGGING_CONFIG:  # its first set-up drops foreign handlers
+        prefect_logging.setup_logging()
+    handler = logging.FileHandler(log, delay=True)  # no file until something is logged
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in ("prefect", "mmmo", "lm-eval", "lm_eval"):
+        logger = logging.getLogger(name)
+        if _HANDLER["current"] is not None:  # an earlier command of this process
+            logger.removeHandler(_HANDLER["current"])
+        logger.addHandler(handler)
+    if _HANDLER["current"] is not None:
+        _HANDLER["current"].close()
+    _HANDLER["current"] = handler
 
 
 # --------------------------------------------------------------------------------- run
@@ -94,16 +108,19 @@ def _run_search(spec: str, study: str | None, storage: str | None,
     from mmmo.spec import load_spec
 
     log = _log_file()
-    _quiet_prefect(log, verbose)
+    if max_iterations is not None and max_iterations < 0:
+        _guard(lambda: _bad_max_iterations(max_iterations))
     loaded = _guard(lambda: load_spec(spec), log=log)
     if study or storage:
         loaded = _guard(lambda: loaded.with_overrides(study=study, storage=storage), log=log)
     from mmmo.search import check_inputs
 
-    _guard(lambda: check_inputs(loaded), log=log)
+    # everything checkable is checked here, before Prefect starts and anything is written
+    _guard(lambda: check_inputs(loaded, storage=True), log=log)
+    _quiet_prefect(log, verbose)
     from flows.search import merge_search
 
-    err.print(f"study [bold]{loaded.study_name}[/bold] at {loaded.storage}: "
+    err.print(f"study [bold]{loaded.study_name}[/bold] at {escape(loaded.storage)}: "
               f"{loaded.optimizer.budget} trials, strategy {loaded.optimizer.strategy}; "
               f"log: {log}", highlight=False)
     def search() -> dict[str, Any]:
@@ -114,6 +131,11 @@ def _run_search(spec: str, study: str | None, storage: str | None,
     result = _guard(search, log=log)
     _print_result(result)
     return result
+
+
+def _bad_max_iterations(value: int) -> None:
+    raise SpecError("--max-iterations", "must be >= 0", value=value,
+                    fix="give 0 or more iterations, or leave the option out")
 
 
 class _Progress:
@@ -218,7 +240,7 @@ def demo(storage: StorageOpt = DEFAULT_STORAGE,
 def _store(study: str, storage: str) -> Any:
     from mmmo.study import StudyStore
 
-    store = StudyStore(storage, study)
+    store = _guard(lambda: StudyStore(storage, study))
     _guard(store.load_spec)
     return store
 
@@ -329,7 +351,8 @@ def export(study: StudyArg,
 
     record = _guard(chosen)
     recipe = search.space.recipe(record.recipe)
-    info = _guard(lambda: do_export(recipe, out_url))
+    info = _guard(lambda: do_export(recipe, out_url,
+                                    trust_remote_code=spec.compute.trust_remote_code))
     out.print(f"exported trial {record.number} to {info.url}")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from mmmo._crash import crash_point
 from mmmo.search import Search
 from mmmo.spec import SearchSpec
 from mmmo.study import StudyStore
@@ -147,12 +148,15 @@ def run_inline(search: Search, *, slot: Slot | None = None,
         todo = [t for t in search.propose(batch.iteration).trials if t.number not in done] \
             if not set(range(batch.first, batch.first + batch.size)) <= done else []
         if not todo:
+            if search.catch_up(batch.iteration):  # killed between its records and its update
+                crash_point(f"iteration:{batch.iteration}:told")
             continue
         if max_iterations is not None and ran >= max_iterations:
             return False
         for trial in todo:
             search.store.write_trial(_inline_trial(search, slot, trial, batch.iteration, cache))
         search.update_surrogate(batch.iteration)
+        crash_point(f"iteration:{batch.iteration}:told")
         ran += 1
     return True
 
@@ -183,13 +187,16 @@ def _inline_trial(search: Search, slot: Slot, trial: Any, iteration: int,
                                                message="not evaluated: the merge failed")
             continue
         info = merged.info()
-        for _ in range(spec.evaluation.retries + 1):
+        crash_point(f"trial:{trial.number}:merged")
+        for attempt in range(spec.evaluation.retries + 1):
             out = evaluate(merged.model, merged.tokenizer, task,
                            batch_size=task.batch_size or spec.compute.batch_size,
-                           timeout_s=spec.evaluation.timeout_seconds)
+                           timeout_s=spec.evaluation.timeout_seconds,
+                           fault_key=recipe.recipe_id, attempt=attempt)
             if not isinstance(out, EvalFailure) or out.kind == "nan":
                 break
         outcomes[task.label] = out
+        crash_point(f"trial:{trial.number}:evaluated:{task.label}")
         if not isinstance(out, EvalFailure) or out.kind == "nan":
             cache[keys[task.label]] = out.model_dump(mode="json")
     if info is None and error is None:  # every benchmark was cached but not the merge

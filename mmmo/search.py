@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mmmo.errors import MmmoError
+from mmmo.errors import MmmoError, SpecError
 from mmmo.optimization import Constraint, Optimizer, make_optimizer, pick
 from mmmo.spec import SearchSpec
 from mmmo.study import Proposal, ProposedTrial, StudyStore, TrialRecord
@@ -89,14 +89,16 @@ class Search:
         expensive work (no weights are loaded).
 
         Raises:
-            HomologyError, SpecError: the models or tasks cannot be used.
+            HomologyError, SpecError: the models, tasks or storage cannot be used.
             StudyError: an existing study with this name searches something else.
         """
         from mmmo.space import SearchSpace
+        from mmmo.study import check_storage
 
         space = SearchSpace.from_spec(spec)
         if preflight:
             check_inputs(spec)
+            check_storage(spec.storage, storage_options=storage_options)
         store = StudyStore(spec.storage, spec.study_name, storage_options=storage_options)
         store.open_or_create(spec, dimension_names=list(space.names))
         return cls(spec, store, space)
@@ -157,6 +159,22 @@ class Search:
                             seconds=time.perf_counter() - start)
         self.store.write_proposal(proposal)
         return proposal
+
+    def catch_up(self, iteration: int) -> bool:
+        """Redo :meth:`update_surrogate` of a finished ``iteration`` if a crash cut it off.
+
+        Returns:
+            True when ``optimizer.json`` was behind and has been rewritten.
+        """
+        batch = self.batches[iteration]
+        try:
+            told = len(self.store.read_json("optimizer.json")["X"])
+        except FileNotFoundError:
+            told = -1
+        if told >= batch.first + batch.size:
+            return False
+        self.update_surrogate(iteration)
+        return True
 
     def update_surrogate(self, iteration: int) -> dict[str, Any]:
         """Tell the optimizer ``iteration``'s results; store its state; return progress."""
@@ -308,10 +326,59 @@ def _floats(values: Sequence[float | None], m: int) -> list[float]:
     return out + [np.nan] * (m - len(out))
 
 
-def check_inputs(spec: SearchSpec) -> None:
-    """Cheap checks before any expensive work: model homology and task resolution."""
+def check_inputs(spec: SearchSpec, *, storage: bool = False) -> None:
+    """Cheap checks before any expensive work; nothing is loaded or written.
+
+    The compute device exists, the models are homologous (configs and headers only), every
+    task resolves and reports its metric, and, with ``storage``, the store is reachable and
+    writable and the study (if it exists) may be resumed with ``spec`` (see
+    :func:`~mmmo.study.check_storage`, :func:`~mmmo.study.check_study`).
+
+    Raises:
+        SpecError, HomologyError, StudyError: one line naming the field and the fix.
+    """
     from mmmo.evaluation import validate_tasks
+
+    check_device(spec.compute.device)
+    _check_models(spec)
+    validate_tasks(spec.objectives.tasks, field="objectives.tasks")
+    validate_tasks(spec.heldout, field="heldout")
+    if storage:
+        from mmmo.study import check_storage, check_study
+
+        check_storage(spec.storage)
+        check_study(spec)
+
+
+def check_device(device: str) -> None:
+    """Raise a one-line SpecError when ``compute.device`` is not on this machine."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (index and int(index) >= count):
+            raise SpecError("compute.device", f"this machine has {count} CUDA device(s)",
+                            value=device, fix="use auto or cpu, or an index below "
+                            f"{max(count, 1)}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SpecError("compute.device", "MPS is not available on this machine",
+                        value=device, fix="use auto or cpu")
+
+
+def _check_models(spec: SearchSpec) -> None:
+    """Homology, source by source, so that the error names the spec field."""
+    from mmmo.errors import HomologyError
     from mmmo.merging import check_homology
 
-    check_homology(spec.base, spec.sources)
-    validate_tasks([*spec.objectives.tasks, *spec.heldout])
+    for i, src in enumerate(spec.sources):
+        try:
+            check_homology(spec.base, [src])
+        except HomologyError as exc:
+            text = str(exc)
+            field = "base.path" if text.startswith("base") else f"sources[{i}].path"
+            fix = ("check the path, or put the hub model in the local cache "
+                   "(HF_HUB_OFFLINE=0 downloads it)" if "cannot be read" in text
+                   else "use only fine-tunes of the base (same architecture, tensor names "
+                   "and shapes, vocabulary)")
+            raise HomologyError(f"{field}: {text}; fix: {fix}") from None

@@ -469,6 +469,8 @@ class ComputeSpec(_Frozen):
     max_concurrent_trials: int = Field(default=1, ge=1)
     runner: Literal["threads", "ray", "dask"] = "threads"
     runner_address: str | None = None
+    trust_remote_code: bool = False
+    """Let transformers run Python code shipped with the models; off unless a spec sets it."""
 
     @field_validator("device")
     @classmethod
@@ -556,11 +558,16 @@ class SearchSpec(_Frozen):
     def _check_models(self) -> None:
         per_model, _ = method_parameters(self.merge.method)
         labels = [s.label for s in self.sources]
+        models = [(s.path, s.revision) for s in self.sources]
         for i, src in enumerate(self.sources):
             if src.path == self.base.path and src.revision == self.base.revision:
                 raise FieldProblem("is the base model itself", "list only fine-tuned "
                                    "models of the base's family as sources",
                                    field=f"sources[{i}].path", value=src.path, has_value=True)
+            if (src.path, src.revision) in models[:i]:
+                raise FieldProblem(f"is the same model as sources[{models.index(models[i])}]",
+                                   "list each source model once", field=f"sources[{i}].path",
+                                   value=src.path, has_value=True)
             if src.label in labels[:i]:
                 raise FieldProblem("two sources share this name", "give each source a "
                                    "distinct name", field=f"sources[{i}].name",
@@ -681,6 +688,9 @@ def _default_name(data: Any, ref: str) -> Any:
 def parse_spec(data: Any, *, source: str | None = None,
                base_dir: Path | None = None) -> SearchSpec:
     """Validate a spec given as a mapping; errors become one-line :class:`SpecError`."""
+    if data is None:
+        raise SpecError("spec", "is empty", has_value=False, source=source,
+                        fix="write the spec's fields (start from examples/fixture.yaml)")
     if not isinstance(data, dict):
         raise SpecError("spec", "must be a YAML mapping of fields", value=type(data).__name__,
                         fix="start from examples/fixture.yaml", source=source)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import socket
 import threading
@@ -41,10 +42,24 @@ import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmmo import __version__
-from mmmo.errors import LeaseHeldError, StudyError
-from mmmo.spec import SearchSpec, parse_spec
+from mmmo._crash import crash_point
+from mmmo.errors import LeaseHeldError, SpecError, StudyError
+from mmmo.spec import _STUDY, SearchSpec, parse_spec
 
-__all__ = ["Lease", "Proposal", "StudyStore", "TrialRecord", "search_fields_differ"]
+__all__ = ["Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage", "check_study",
+           "search_fields_differ"]
+
+#: botocore settings of a study store on S3: few driver retries, so that a store that does not
+#: answer reaches :meth:`StudyStore._retrying` (which backs off and logs) within seconds.
+STORE_S3_CONFIG = {"connect_timeout": 10, "read_timeout": 60,
+                   "retries": {"max_attempts": 3, "mode": "standard"}}
+
+#: botocore settings of the pre-flight probe of an S3 store: an unreachable endpoint fails in
+#: seconds instead of minutes of retries.
+PROBE_S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15,
+                   "retries": {"max_attempts": 2, "mode": "standard"}}
+
+LOG = logging.getLogger(__name__)
 
 TrialStatus = Literal["complete", "failed"]
 
@@ -144,14 +159,43 @@ def search_fields_differ(a: SearchSpec, b: SearchSpec) -> list[str]:
     return [k for k in SEARCH_FIELDS if da[k] != db[k]]
 
 
+#: Exception class names (anywhere in the MRO) of a remote store that did not answer: worth
+#: retrying. Botocore, aiohttp and the builtins; missing files and refusals are not transient.
+_TRANSIENT = frozenset({
+    "ConnectionError", "TimeoutError", "EndpointConnectionError", "ConnectionClosedError",
+    "ReadTimeoutError", "ConnectTimeoutError", "HTTPClientError", "ClientConnectorError",
+    "ServerDisconnectedError", "ClientOSError", "ClientPayloadError", "FSTimeoutError",
+})
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError | PermissionError | FileExistsError):
+        return False
+    return any(cls.__name__ in _TRANSIENT for cls in type(exc).__mro__)
+
+
 class StudyStore:
-    """Read and write one study under ``<storage>/<name>/`` through fsspec."""
+    """Read and write one study under ``<storage>/<name>/`` through fsspec.
+
+    On a remote store, every read and write that fails because the store does not answer
+    (connection refused or reset, time-outs) is retried with backoff (0.5 s, doubling, at most
+    8 s between tries) for up to :attr:`retry_seconds`, on top of the driver's own retries: a
+    search waits out a restart of its S3 server instead of failing.
+    """
+
+    retry_seconds: float = 300.0
 
     def __init__(self, storage: str, name: str, *,
                  storage_options: dict[str, Any] | None = None) -> None:
+        if not _STUDY.match(name):
+            raise StudyError(f"study name {name!r} is not 1-63 lowercase letters, digits and "
+                             "dashes (no '/' or '..'); fix: rename it, e.g. 'fixture-demo'")
         self.storage = storage.rstrip("/")
         self.name = name
-        self.fs, root = fsspec.core.url_to_fs(self.storage, **(storage_options or {}))
+        options = dict(storage_options or {})
+        if self.storage.startswith(("s3://", "s3a://")):  # fail fast to _retrying, which waits
+            options.setdefault("config_kwargs", STORE_S3_CONFIG)
+        self.fs, root = fsspec.core.url_to_fs(self.storage, **options)
         self.root = f"{root.rstrip('/')}/{name}"
         self.url = f"{self.storage}/{name}"
         self._local = "file" in _protocols(self.fs)
@@ -167,10 +211,28 @@ class StudyStore:
         """URL of ``rel`` inside the study (with the storage's protocol)."""
         return f"{self.url}/{rel}"
 
+    def _retrying(self, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, retried with backoff while a remote store does not answer."""
+        if self._local:
+            return fn(*args)
+        delay, deadline = 0.5, time.monotonic() + self.retry_seconds
+        while True:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                LOG.warning("study store %s: %s failed (%s: %s); retrying in %.1f s",
+                            self.url, what, type(exc).__name__,
+                            (str(exc).splitlines() or [""])[0][:200], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel`` atomically (readers see old or new, never a part)."""
         target = self.path(rel)
         parent = target.rsplit("/", 1)[0]
+        crash_point(f"write:{rel}:before")
         if self._local:
             Path(parent).mkdir(parents=True, exist_ok=True)
             tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
@@ -178,9 +240,11 @@ class StudyStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            crash_point(f"write:{rel}:staged")
             os.replace(tmp, target)
         else:
-            self.fs.pipe_file(target, data)  # one PUT: atomic per object
+            self._retrying(f"writing {rel}", self.fs.pipe_file, target, data)  # one PUT
+        crash_point(f"write:{rel}:done")
 
     def write_json(self, rel: str, obj: Any) -> None:
         """Write ``obj`` as JSON to ``rel`` atomically."""
@@ -188,7 +252,7 @@ class StudyStore:
 
     def read_bytes(self, rel: str) -> bytes:
         """Read ``rel``; FileNotFoundError if absent."""
-        return self.fs.cat_file(self.path(rel))
+        return self._retrying(f"reading {rel}", self.fs.cat_file, self.path(rel))
 
     def read_json(self, rel: str) -> Any:
         """Read and parse the JSON document ``rel``."""
@@ -196,21 +260,30 @@ class StudyStore:
 
     def exists(self, rel: str = "spec.yaml") -> bool:
         """Whether ``rel`` exists in the study (default: whether the study exists)."""
-        return self.fs.exists(self.path(rel))
+        return self._retrying(f"looking for {rel}", self._exists, self.path(rel))
+
+    def _exists(self, path: str) -> bool:
+        if self._local:
+            return self.fs.exists(path)
+        try:  # s3fs's exists() answers False when the store does not answer: ask info()
+            self.fs.info(path)
+            return True
+        except FileNotFoundError:
+            return False
 
     def list(self, folder: str, suffix: str = ".json") -> list[str]:
         """Names of the files in ``folder`` ending with ``suffix``, sorted."""
-        if not self.fs.exists(self.path(folder)):
+        if not self.exists(folder):
             return []
         self.fs.invalidate_cache(self.path(folder))
-        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path(folder), detail=False)]
+        names = [p.rsplit("/", 1)[-1] for p in
+                 self._retrying(f"listing {folder}", self.fs.ls, self.path(folder), False)]
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith(".tmp-"))
 
     # ------------------------------------------------------------------ spec and metadata
 
     def create(self, spec: SearchSpec, *, dimension_names: list[str]) -> None:
-        """Start a new study: write the spec and its metadata."""
-        self.write_bytes("spec.yaml", spec.to_yaml().encode())
+        """Start a new study: write its metadata, then the spec (whose presence marks a study)."""
         self.write_json("study.json", {
             "name": self.name,
             "mmmo_version": __version__,
@@ -219,6 +292,7 @@ class StudyStore:
             "dimensions": dimension_names,
             "budget": spec.optimizer.budget,
         })
+        self.write_bytes("spec.yaml", spec.to_yaml().encode())
 
     def load_spec(self) -> SearchSpec:
         """The spec the study was created with."""
@@ -244,9 +318,7 @@ class StudyStore:
         stored = self.load_spec()
         changed = search_fields_differ(stored, spec)
         if changed:
-            raise StudyError(f"study '{self.name}' at {self.storage} was created with a "
-                             f"different {', '.join(changed)}; resume it with its own spec "
-                             "(`mmmo resume`) or choose a new --study name")
+            raise _different(self, changed)
         return True
 
     def metadata(self) -> dict[str, Any]:
@@ -275,7 +347,8 @@ class StudyStore:
         if not names:
             return []
         paths = [self.path(f"trials/{n}") for n in names]
-        blobs = self.fs.cat(paths) if len(paths) > 1 else {paths[0]: self.fs.cat_file(paths[0])}
+        blobs = self._retrying("reading trials", self.fs.cat, paths) if len(paths) > 1 \
+            else {paths[0]: self.read_bytes(f"trials/{names[0]}")}
         return [TrialRecord.model_validate_json(blobs[p]) for p in paths]
 
     def pending(self) -> list[ProposedTrial]:
@@ -329,7 +402,7 @@ class StudyStore:
         """Give the lease back (only if still ours)."""
         back = self.read_lease()
         if back is not None and back.holder == lease.holder:
-            self.fs.rm_file(self.path("lease.json"))
+            self._retrying("releasing the lease", self.fs.rm_file, self.path("lease.json"))
 
     @contextmanager
     def leased(self, *, ttl: float = 120.0, heartbeat: float | None = None) -> Iterator[Lease]:
@@ -355,10 +428,96 @@ class StudyStore:
             self.release_lease(box["lease"])
 
 
+def check_storage(storage: str, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail fast, writing nothing, when ``storage`` cannot hold studies.
+
+    A local folder must be creatable and writable: a temporary file is created in the folder
+    (or its nearest existing parent) and removed at once. A remote store must answer within
+    seconds (S3: bounded botocore time-outs and retries, see :data:`PROBE_S3_CONFIG`), and its
+    bucket must exist.
+
+    Raises:
+        SpecError: one line naming ``storage``, what is wrong and the fix.
+    """
+    proto = storage.split("://", 1)[0] if "://" in storage else "file"
+    if proto in ("file", "local"):
+        _check_local(Path(storage.split("://", 1)[-1]).expanduser(), storage)
+        return
+    options = dict(storage_options or {})
+    s3 = proto in ("s3", "s3a")
+    if s3:
+        options.setdefault("config_kwargs", PROBE_S3_CONFIG)
+    try:
+        fs, root = fsspec.core.url_to_fs(storage, skip_instance_cache=True, **options)
+    except ImportError as exc:
+        raise SpecError("storage", f"needs a package that is not installed ({exc})",
+                        value=storage, fix="install the fsspec driver of "
+                        f"{proto}://, or use a local folder or s3://") from None
+    if s3:
+        fs.retries = 1  # s3fs's own retry loop, on top of botocore's
+    top = root.strip("/").split("/")[0] if s3 else root
+    try:
+        fs.info(top)
+    except FileNotFoundError:
+        if s3:
+            raise SpecError("storage", f"bucket '{top}' does not exist", value=storage,
+                            fix="create the bucket first, or check AWS_ENDPOINT_URL") from None
+    except PermissionError:
+        pass  # it answered; rights on the bucket itself are not needed to write under a prefix
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused, no credentials, ...
+        line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SpecError("storage", f"cannot be reached ({type(exc).__name__}: {line})",
+                        value=storage, fix="check the endpoint (AWS_ENDPOINT_URL), the "
+                        "network and the credentials") from None
+
+
+def _check_local(path: Path, storage: str) -> None:
+    probe_in = path
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise SpecError("storage", f"{probe_in} is a file, not a folder", value=storage,
+                        fix="choose a folder for the studies")
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mmmo-probe-", dir=probe_in)
+    except OSError as exc:
+        raise SpecError("storage", f"cannot write in {probe_in} ({exc.strerror or exc})",
+                        value=storage, fix="choose a writable folder, or fix its "
+                        "permissions") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_study(spec: SearchSpec, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Check, read-only, that ``spec`` may start or resume its study.
+
+    Raises:
+        StudyError: the stored study searches something else.
+        LeaseHeldError: a live run holds the study.
+    """
+    store = StudyStore(spec.storage, spec.study_name, storage_options=storage_options)
+    if not store.exists():
+        return
+    changed = search_fields_differ(store.load_spec(), spec)
+    if changed:
+        raise _different(store, changed)
+    lease = store.read_lease()
+    if lease is not None and not lease.is_stale():
+        raise _held(store.name, lease)
+
+
+def _different(store: StudyStore, changed: list[str]) -> StudyError:
+    return StudyError(f"study '{store.name}' at {store.storage} was created with a "
+                      f"different {', '.join(changed)}; fix: resume it with its own spec "
+                      "(`mmmo resume`) or choose a new --study name")
+
+
 def _held(name: str, lease: Lease) -> LeaseHeldError:
     until = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat(timespec="seconds")
     return LeaseHeldError(f"study '{name}' is held by a running search ({lease.holder}, "
-                          f"lease valid until {until}); wait for it to finish, or stop it "
+                          f"lease valid until {until}); fix: wait for it to finish, or stop it "
                           "and retry once the lease expires")
 
 

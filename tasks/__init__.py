@@ -62,6 +62,8 @@ def evaluate_reference(study_url: str, model: str, task_name: str, slot: int) ->
 def _score(sess: Any, target: Any, task_name: str) -> dict[str, Any]:
     """Evaluate; a NaN score is the recipe's (deterministic) outcome and is returned as a
     typed failure, other failures raise EvaluationError so that Prefect retries them."""
+    from prefect.runtime import task_run
+
     from mmmo.evaluation import EvalFailure
     from mmmo.evaluation import evaluate_benchmark as run
 
@@ -69,7 +71,8 @@ def _score(sess: Any, target: Any, task_name: str) -> dict[str, Any]:
     task = spec.task(task_name)
     out = run(target.model, target.tokenizer, task,
               batch_size=task.batch_size or spec.compute.batch_size,
-              timeout_s=spec.evaluation.timeout_seconds)
+              timeout_s=spec.evaluation.timeout_seconds, fault_key=target.recipe_id,
+              attempt=max(task_run.run_count - 1, 0))
     if isinstance(out, EvalFailure):
         if out.kind == "nan":
             return out.model_dump(mode="json")

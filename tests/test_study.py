@@ -53,7 +53,7 @@ def test_create_and_read_back(store: StudyStore) -> None:
 def test_resume_refuses_a_different_search(store: StudyStore) -> None:
     store.open_or_create(_spec(), dimension_names=[])
     other = _spec(merge={"method": "ties"})
-    with pytest.raises(StudyError, match="different merge; resume it with its own spec"):
+    with pytest.raises(StudyError, match="different merge; fix: resume it with its own spec"):
         store.open_or_create(other, dimension_names=[])
     # runtime-only fields may change
     store.open_or_create(_spec(compute={"device": "cpu"}), dimension_names=[])

@@ -40,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from mmmo.evaluation.faults import FAULTS_ENV, fault_plan
 from mmmo.evaluation.lm import EvaluationCancelled, check_device, get_lm, measuring
 from mmmo.evaluation.records import BenchmarkResult, EvalFailure, finite_or_none
 from mmmo.evaluation.tasks import (
@@ -100,6 +101,9 @@ def benchmark_key(recipe_id: str, task: TaskSpec, *,
         "gen_kwargs": task.gen_kwargs,
         "models": fingerprints,
     }
+    faults = os.environ.get(FAULTS_ENV, "").strip()
+    if faults:  # injected outcomes never share a key with real ones
+        payload["faults"] = faults
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -108,8 +112,9 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
                        batch_size: int | str = 32, device: str | None = None,
                        timeout_s: float | None = None, registry: TaskRegistry | None = None,
                        bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-                       oom_retry: bool = True,
-                       log_samples: bool = False) -> BenchmarkResult | EvalFailure:
+                       oom_retry: bool = True, log_samples: bool = False,
+                       fault_key: str | None = None,
+                       attempt: int = 0) -> BenchmarkResult | EvalFailure:
     """Score one task on a live model; never raises for evaluation errors.
 
     Args:
@@ -126,6 +131,10 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
             as ``model``: its batch size is its own).
         log_samples: Keep each document's filtered response, target and metrics in
             ``raw["samples"][<leaf task>]`` (for inspection; off in searches).
+        fault_key: The recipe id (or model) being scored: with ``attempt`` (0 = first try),
+            what :mod:`mmmo.evaluation.faults` draws injected faults from when
+            ``MMMO_FAULTS`` is set. None injects nothing.
+        attempt: Which try of this benchmark this is.
 
     Returns:
         A :class:`BenchmarkResult`, or an :class:`EvalFailure` of kind ``exception``,
@@ -142,6 +151,10 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
     if not isinstance(model, HFLM):
         check_device(model, device)
     start = time.perf_counter()
+    if fault_key is not None:
+        injected = _injected(fault_key, task, attempt, batch_size, start)
+        if injected is not None:
+            return injected
     size: int | str = task.batch_size or batch_size
     sizes: list[int | str] = [size]
     if oom_retry and isinstance(size, int) and size > 1 and not isinstance(model, HFLM):
@@ -288,6 +301,29 @@ def _pooled(results: dict[str, Any], counts: dict[str, int], key: str,
         return score, None
     var = sum((counts[leaf] / total) ** 2 * se ** 2 for leaf, se in zip(found, ses, strict=True))
     return score, math.sqrt(var)
+
+
+def _injected(key: str, task: TaskSpec, attempt: int, batch_size: int | str,
+              start: float) -> EvalFailure | None:
+    """The failure ``MMMO_FAULTS`` injects into this attempt, if any (see :mod:`.faults`)."""
+    plan = fault_plan()
+    kind = plan.draw(key, task.label, attempt) if plan is not None else None
+    if kind is None:
+        return None
+    what = f"injected by {FAULTS_ENV} (attempt {attempt})"
+    if kind == "raise":
+        try:
+            raise RuntimeError(f"fault {what}")
+        except RuntimeError as exc:
+            return _failure(exc, traceback.format_exc(), task, batch_size, start,
+                            threading.Event())
+    if kind == "timeout":
+        return EvalFailure(kind="timeout", task=task.label, batch_size=batch_size,
+                           message=f"time limit reached: fault {what}",
+                           seconds=time.perf_counter() - start)
+    return EvalFailure(kind="nan", task=task.label, batch_size=batch_size,
+                       message=f"score is nan: fault {what}",
+                       seconds=time.perf_counter() - start)
 
 
 def _failure(exc: BaseException, tb: str, task: TaskSpec, batch_size: int | str, start: float,

@@ -248,7 +248,14 @@ def _fixture_path(ref: str) -> Path:
     except ImportError as exc:
         raise SpecError("task", "fixture references need mmmo.fixtures.resolve_ref",
                         value=ref, fix=f"install the fixtures package ({exc})") from None
-    return Path(resolve_ref(ref)).expanduser().resolve()
+    try:
+        return Path(resolve_ref(ref)).expanduser().resolve()
+    except ValueError:
+        from mmmo.fixtures import ensure_family
+
+        known = sorted(r for r in ensure_family().refs() if r.endswith((".yaml", ".yml")))
+        raise SpecError("task", "is not a task of the fixture family", value=ref,
+                        fix=f"use one of {', '.join(known)}") from None
 
 
 # --------------------------------------------------------------------------------- registry

@@ -55,11 +55,14 @@ class ExportInfo(BaseModel):
     seconds: float
     sparsity: float | None = None
     created: str
+    trust_remote_code: bool = False
+    """Whether model code shipped with the models was allowed to run (off unless the spec
+    set ``compute.trust_remote_code``); reproducing the merge needs the same choice."""
 
 
 def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = None,
            overwrite: bool = False, storage_options: Mapping[str, Any] | None = None,
-           device: str = "cpu") -> ExportInfo:
+           device: str = "cpu", trust_remote_code: bool | None = None) -> ExportInfo:
     """Write ``recipe`` as an HF folder + ``mergekit.yaml`` to a path, file:// or s3:// URL.
 
     Args:
@@ -70,12 +73,16 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
         overwrite: Replace a complete export already at ``url`` (otherwise FileExistsError).
         storage_options: fsspec options (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
         device: Math device of the mergekit route.
+        trust_remote_code: Let transformers/mergekit run code shipped with the models (None:
+            the materializer's setting, else off). Recorded in ``export.json``.
 
     Returns:
         The :class:`ExportInfo` also written as ``export.json``.
     """
     started = time.perf_counter()
     url = str(url)
+    if trust_remote_code is None:
+        trust_remote_code = bool(getattr(materializer, "trust_remote_code", False))
     fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     root = root.rstrip("/")
     marker = f"{root}/{MARKER}"
@@ -91,13 +98,15 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
         if materializer is not None:
             route, sparsity = "materializer", _from_materializer(recipe, materializer, stage)
         else:
-            route, sparsity = "mergekit", _from_mergekit(recipe, stage, device)
+            route, sparsity = "mergekit", _from_mergekit(recipe, stage, device,
+                                                         trust_remote_code)
         _write_common(recipe, stage)
         files = {p.relative_to(stage).as_posix(): p.stat().st_size
                  for p in sorted(stage.rglob("*")) if p.is_file()}
         info = ExportInfo(url=url, recipe_id=recipe.recipe_id, route=route, files=files,
                           seconds=round(time.perf_counter() - started, 3), sparsity=sparsity,
-                          created=datetime.now(UTC).isoformat(timespec="seconds"))
+                          created=datetime.now(UTC).isoformat(timespec="seconds"),
+                          trust_remote_code=trust_remote_code)
         body = info.model_dump_json(indent=2)
         if local:
             (stage / MARKER).write_text(body, encoding="utf-8")
@@ -152,7 +161,8 @@ def _from_materializer(recipe: Recipe, materializer: Any, stage: Path) -> float 
     return sparsity
 
 
-def _from_mergekit(recipe: Recipe, stage: Path, device: str) -> None:
+def _from_mergekit(recipe: Recipe, stage: Path, device: str,
+                   trust_remote_code: bool = False) -> None:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
     from transformers import AutoConfig, AutoTokenizer
@@ -160,13 +170,15 @@ def _from_mergekit(recipe: Recipe, stage: Path, device: str) -> None:
     check_homology(recipe.base, recipe.sources)
     base_dir = resolve_local(recipe.base.ref, recipe.base.revision)
     options = MergeOptions(device=device, random_seed=recipe.random_seed, copy_tokenizer=False,
-                           write_model_card=False, quiet=True)
+                           write_model_card=False, quiet=True,
+                           trust_remote_code=trust_remote_code)
     with _global_rng_preserved():
         run_merge(recipe.to_mergekit_config(), str(stage), options)
-    config = AutoConfig.from_pretrained(str(base_dir))
+    config = AutoConfig.from_pretrained(str(base_dir), trust_remote_code=trust_remote_code)
     config.dtype = recipe.dtype
     config.save_pretrained(str(stage))
-    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(stage))
+    AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=trust_remote_code
+                                  ).save_pretrained(str(stage))
     _copy_base_extras(base_dir, stage)
     return None
 

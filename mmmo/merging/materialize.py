@@ -137,13 +137,17 @@ class Materializer:
             as a memory budget allows, tensor by tensor; the rest on the host).
         max_memory: accelerate ``max_memory`` for the multi-GPU device map.
         check: Run :func:`check_homology` first (default True).
+        trust_remote_code: Let transformers run Python code shipped with the base model (its
+            config, tokenizer and model classes); off by default.
     """
 
     def __init__(self, base: ModelEntry | Any | str, sources: Sequence[ModelEntry | Any | str],
                  *, device: str | torch.device = "auto", dtype: str = "float32",
                  resident: Literal["auto", "device", "cpu"] = "auto",
-                 max_memory: dict[Any, Any] | None = None, check: bool = True) -> None:
+                 max_memory: dict[Any, Any] | None = None, check: bool = True,
+                 trust_remote_code: bool = False) -> None:
         started = time.perf_counter()
+        self.trust_remote_code = bool(trust_remote_code)
         self.base = _entry(base)
         self.sources = tuple(_entry(s) for s in sources)
         if check:
@@ -168,8 +172,10 @@ class Materializer:
         from mergekit.architecture import arch_info_for_config
         from transformers import AutoConfig, AutoTokenizer
 
-        self.config = _with_architectures(AutoConfig.from_pretrained(str(base_dir)))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        trust = self.trust_remote_code
+        self.config = _with_architectures(AutoConfig.from_pretrained(
+            str(base_dir), trust_remote_code=trust))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=trust)
         self.arch_info = arch_info_for_config(self.config)
         if self.arch_info is None:
             raise MergeError(f"mergekit has no architecture definition for "
@@ -185,6 +191,7 @@ class Materializer:
     def from_spec(cls, spec: Any, *, device: str | None = None, dtype: str | None = None,
                   **kwargs: Any) -> Materializer:
         """A Materializer for a :class:`~mmmo.spec.SearchSpec`'s models and compute settings."""
+        kwargs.setdefault("trust_remote_code", spec.compute.trust_remote_code)
         return cls(spec.base, spec.sources, device=device or spec.compute.device,
                    dtype=dtype or spec.compute.dtype, **kwargs)
 
@@ -197,7 +204,8 @@ class Materializer:
         from transformers import AutoModelForCausalLM
 
         with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
+            model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype,
+                                                     trust_remote_code=self.trust_remote_code)
         self._device_map = self._plan_devices(model, max_memory)
         tied = set(getattr(model, "_tied_weights_keys", None) or {}) if getattr(
             self.config, "tie_word_embeddings", False) else set()

@@ -1,0 +1,160 @@
+"""The S3 endpoint goes down in the middle of a search and comes back: the search finishes.
+
+Between the study store and moto's S3 server sits a TCP proxy that, when the search writes its
+second trial record, drops that request and then refuses every connection for a few seconds,
+longer than botocore's and s3fs's own retries last: as a stopped and restarted S3 server whose
+data survives. The store retries with backoff (:meth:`mmmo.study.StudyStore._retrying`), so the
+search (run without Prefect, :func:`mmmo.runtime.run_inline`) records every trial once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+OUTAGE_S = 5.0
+
+
+class FlakyEndpoint:
+    """A TCP proxy to ``upstream`` that can play an outage.
+
+    Once a client->server chunk contains ``trigger``, that connection is dropped, every open
+    connection is closed and the listening socket is shut for ``seconds`` (connections are
+    refused), then it listens again on the same port.
+    """
+
+    def __init__(self, upstream: tuple[str, int], trigger: bytes, seconds: float) -> None:
+        self.upstream, self.trigger, self.seconds = upstream, trigger, seconds
+        self.port = 0
+        self.outages = 0
+        self.error: Exception | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._listen()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _listen(self) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        sock.listen(64)
+        self._server = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # closed: an outage, or the end
+            upstream = socket.create_connection(self.upstream)
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, request: bool) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if request and self.trigger and self.trigger in chunk:
+                    self.trigger = b""  # once
+                    self._outage()
+                    return
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def _outage(self) -> None:
+        self.outages += 1
+        self._shut(self._server)
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self._conns.clear()
+
+        def back() -> None:
+            time.sleep(self.seconds)
+            for _ in range(50):  # the port may take a moment to be free again
+                if self._stopped:
+                    return
+                try:
+                    self._listen()
+                    self.error = None
+                    return
+                except OSError as exc:
+                    self.error = exc
+                    time.sleep(0.1)
+
+        threading.Thread(target=back, daemon=True).start()
+
+    def close(self) -> None:
+        self._stopped = True
+        self._shut(self._server)
+
+    @staticmethod
+    def _shut(server: socket.socket) -> None:
+        """Stop listening now (a bare close() would not wake the thread blocked in accept())."""
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+        server.close()
+
+
+def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    import s3fs
+
+    from mmmo.runtime import run_inline
+    from mmmo.search import Search
+    from mmmo.spec import parse_spec
+    from mmmo.study import StudyStore
+
+    bucket = "mmmo-outage"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(bucket)
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = FlakyEndpoint((host, int(port)), b"PUT /mmmo-outage/studies/outage/trials/0001.json",
+                          OUTAGE_S)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(StudyStore, "retry_seconds", 4 * OUTAGE_S)  # bounded, should it fail
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        spec = parse_spec(tiny_spec(f"s3://{bucket}/studies", name="outage",
+                                    objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml",
+                                                           "limit": 4}]},
+                                    optimizer={"strategy": "random", "n_init": 2,
+                                               "iterations": 0}))
+        search = Search.open(spec)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="mmmo.study"):
+            assert run_inline(search)
+        seconds = time.monotonic() - started
+        print(f"search with an {OUTAGE_S:g} s outage: {seconds:.1f} s")
+        trials = search.store.trials()
+    finally:
+        proxy.close()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert proxy.error is None
+    assert proxy.outages == 1  # the endpoint did go away, in the middle of the search
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries and "trials/0001.json" in retries[0], retries
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.status == "complete" for t in trials)
+    assert seconds > OUTAGE_S  # it waited the outage out
