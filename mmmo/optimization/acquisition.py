@@ -82,14 +82,20 @@ def _pending(pending: Tensor | None) -> Tensor | None:
 
 
 def partitioning(*, ref_point: Tensor, Y: Tensor) -> NondominatedPartitioning:
-    r"""Box decomposition of the region not dominated by ``Y`` (exact for up to 3 objectives).
+    r"""Box decomposition of the region not dominated by ``Y`` (exact for up to 4 objectives).
+
+    Up to 4 objectives BoTorch's ``FastNondominatedPartitioning`` (exact, few boxes); beyond,
+    ``NondominatedPartitioning`` with BoTorch's default approximation ``alpha``. For 4
+    objectives the exact ``NondominatedPartitioning`` (``alpha = 0``) is not an option: 20
+    non-dominated points give 5296 boxes in 11 s against Fast's 150 boxes in 0.26 s (30 points:
+    17079 boxes in 44 s vs 245 in 0.28 s), and the acquisition's cost grows with the boxes.
 
     Args:
         ref_point: A ``m``-dim tensor.
         Y: A ``n x m`` tensor of observed outcomes.
     """
     m = Y.shape[-1]
-    if m <= 3:
+    if m <= 4:
         return FastNondominatedPartitioning(ref_point=ref_point, Y=Y)
     alpha = get_default_partitioning_alpha(num_objectives=m)
     return NondominatedPartitioning(ref_point=ref_point, Y=Y, alpha=alpha)
