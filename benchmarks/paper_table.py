@@ -100,9 +100,19 @@ def _row(slot: Any, search_space: Any, tasks: list[Any], *, recipe: Any = None,
     return scores
 
 
-def _run_seed(job: tuple[argparse.Namespace, int, str]) -> dict[str, Any]:
-    """Every search of one seed (sharing one cache), then each pick on the full tasks."""
-    args, seed, workdir = job
+def _slug(name: str, seed: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", f"{name} s{seed}".lower()).strip("-")
+
+
+def _run_seed(job: tuple[argparse.Namespace, int, str, str]) -> dict[str, Any]:
+    """Every search of one seed (sharing one cache), then each pick on the full tasks.
+
+    Each finished search's row is kept in ``<parts>/seed<seed>/<search>.json``: a resumed run
+    skips it.
+    """
+    args, seed, workdir, parts = job
+    kept = Path(parts) / f"seed{seed}"
+    kept.mkdir(parents=True, exist_ok=True)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -115,10 +125,15 @@ def _run_seed(job: tuple[argparse.Namespace, int, str]) -> dict[str, Any]:
     tasks = [_full(t) for t in base.objectives.tasks] + [_full(t) for t in base.heldout]
     out: dict[str, Any] = {"seed": seed, "rows": {}, "seconds": {}}
     for name, strategy, settings, sparsity in SEARCHES:
+        done_file = kept / f"{_slug(name, seed)}.json"
+        if done_file.exists():
+            saved = json.loads(done_file.read_text())
+            out["rows"][name], out["seconds"][name] = saved["row"], saved["seconds"]
+            continue
         data = base.model_dump(mode="json")
         data["optimizer"].update(strategy=strategy, seed=seed, settings=settings)
         data["objectives"]["sparsity"]["enabled"] = sparsity
-        data["study"] = re.sub(r"[^a-z0-9]+", "-", f"{name} s{seed}".lower()).strip("-")
+        data["study"] = _slug(name, seed)
         from mmmo.spec import parse_spec
 
         spec = parse_spec(data)
@@ -133,6 +148,7 @@ def _run_seed(job: tuple[argparse.Namespace, int, str]) -> dict[str, Any]:
                                              for t in spec.objectives.tasks)
         row["_trial"] = pick.number
         out["rows"][name] = row
+        done_file.write_text(json.dumps({"row": row, "seconds": out["seconds"][name]}))
         print(f"seed {seed} {name:28s} {out['seconds'][name]:7.1f} s  pick trial "
               f"{pick.number:2d}  est {row['_estimated']:.3f}  " +
               " ".join(f"{t.label} {row[t.label]:.3f}" for t in tasks), flush=True)
@@ -191,28 +207,36 @@ def _table(fixed: dict[str, dict[str, float]], seeds: list[dict[str, Any]],
         summary[name] = {c: (r[c], 0.0) for c in cols}
         lines.append(f"| {name} | " + " | ".join(f"{100 * r[c]:.1f}" for c in cols) + " |")
     for name, *_ in SEARCHES:
-        per_seed = [averages(s["rows"][name]) for s in seeds]
+        per_seed = [averages(s["rows"][name]) for s in seeds if name in s["rows"]]
+        if not per_seed:
+            lines.append(f"| {name} | " + " | ".join("not run" for _ in cols) + " |")
+            continue
+        label = name if len(per_seed) == len(seeds) else \
+            f"{name} ({len(per_seed)} of {len(seeds)} seeds)"
         stats = {c: (statistics.fmean(r[c] for r in per_seed),
                      statistics.stdev(r[c] for r in per_seed) if len(per_seed) > 1 else 0.0)
                  for c in cols}
         summary[name] = stats
-        lines.append(f"| {name} | " + " | ".join(
+        lines.append(f"| {label} | " + " | ".join(
             f"{100 * m:.1f} ± {100 * sd:.1f}" for m, sd in (stats[c] for c in cols)) + " |")
     return "\n".join(lines), summary
 
 
 def _claims(summary: dict[str, Any], singles: list[str]) -> list[str]:
-    mm = summary["mmmo"]["avg all"][0]
+    if "mmmo" not in summary:
+        return ["mmmo was not run: no claim to check"]
     out = []
-    for name, stats in summary.items():
-        if name == "mmmo" or name.startswith(("mmmo ", "mmmo,", "mmmo -")) or \
-                name in ("random (Sobol)", "qehvi", "qnehvi", "qnparego"):
-            continue
-        verdict = "beats" if mm > stats["avg all"][0] else "does NOT beat"
-        kind = "single model" if name in singles else "search" if "cmaes" in name else \
-            "fixed recipe"
-        out.append(f"mmmo pick ({100 * mm:.1f}) {verdict} {kind} {name} "
-                   f"({100 * stats['avg all'][0]:.1f}) on the average over all tasks")
+    for column, what in (("avg all", "all tasks"), ("avg held-out", "the held-out tasks")):
+        mm = summary["mmmo"][column][0]
+        for name, stats in summary.items():
+            if name == "mmmo" or name.startswith(("mmmo ", "mmmo,", "mmmo -")) or \
+                    name in ("random (Sobol)", "qehvi", "qnehvi", "qnparego"):
+                continue
+            verdict = "beats" if mm > stats[column][0] else "does NOT beat"
+            kind = "single model" if name in singles else "search" if "cmaes" in name else \
+                "fixed recipe"
+            out.append(f"mmmo pick ({100 * mm:.1f}) {verdict} {kind} {name} "
+                       f"({100 * stats[column][0]:.1f}) on the average over {what}")
     return out
 
 
@@ -226,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
     parser.add_argument("--out", default=str(ROOT / ".cache" / "paper_table.json"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: print the table of the searches finished so far")
     args = parser.parse_args(argv)
     os.environ.setdefault("MMMO_CACHE_DIR", str(ROOT / ".cache"))
     os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars, in every worker
@@ -241,8 +267,23 @@ def main(argv: list[str] | None = None) -> None:
             if (parts / f"seed{s}.json").exists()}
     if done:
         print(f"resuming: seeds {sorted(done)} already done ({parts})", flush=True)
+    if args.report_only:
+        for seed in range(args.seeds):
+            folder = parts / f"seed{seed}"
+            if seed in done or not folder.is_dir():
+                continue
+            rows, seconds = {}, {}
+            for name, *_ in SEARCHES:
+                f = folder / f"{_slug(name, seed)}.json"
+                if f.exists():
+                    saved = json.loads(f.read_text())
+                    rows[name], seconds[name] = saved["row"], saved["seconds"]
+            if rows:
+                done[seed] = {"seed": seed, "rows": rows, "seconds": seconds}
+        args.workers = 0
     with tempfile.TemporaryDirectory(prefix="paper-table-") as workdir:
-        jobs = [(args, seed, workdir) for seed in range(args.seeds) if seed not in done]
+        jobs = [(args, seed, workdir, str(parts)) for seed in range(args.seeds)
+                if seed not in done and not args.report_only]
         ctx = mp.get_context("spawn")
         with ctx.Pool(max(1, min(args.workers, len(jobs) or 1))) as pool:
             def keep(result: dict[str, Any]) -> None:
@@ -271,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     singles = [spec.base.label, *(s.label for s in spec.sources)]
     for line in _claims(summary, singles):
         print("-", line)
-    secs = {name: statistics.fmean(s["seconds"][name] for s in seeds) for name, *_ in SEARCHES}
+    secs = {name: statistics.fmean(s["seconds"][name] for s in seeds if name in s["seconds"])
+            for name, *_ in SEARCHES if any(name in s["seconds"] for s in seeds)}
     print("\nmean seconds per search (shared cache; 2 CPU cores): " +
           ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
     print(f"total wall time {time.perf_counter() - started:.0f} s")
