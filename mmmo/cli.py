@@ -225,7 +225,7 @@ def demo(storage: StorageOpt = DEFAULT_STORAGE,
          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """The end-to-end demo: a search on the bundled offline fixture family.
 
-    Example: [bold]mmmo demo[/bold] (about 5-10 minutes on 2 CPU cores)
+    Example: [bold]mmmo demo[/bold] (10-20 minutes on 2 CPU cores)
     """
     spec = Path(__file__).resolve().parents[1] / "examples" / "fixture.yaml"
     if not spec.is_file():
