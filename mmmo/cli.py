@@ -83,7 +83,6 @@ def _quiet_prefect(log: Path, verbose: bool) -> None:
     """Send Prefect's and mm-mo's logs to ``log``; the console shows progress only."""
     if not verbose:  # the console shows progress; the API (UI) and the log file get the logs
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-        os.environ.setdefault("TQDM_DISABLE", "1")
     import prefect.logging.configuration as prefect_logging
 
     if not prefect_logging.PROCESS_LOGGING_CONFIG:  # its first set-up drops foreign handlers
@@ -103,9 +102,23 @@ def _quiet_prefect(log: Path, verbose: bool) -> None:
 # --------------------------------------------------------------------------------- run
 
 
+def _quiet_console(verbose: bool) -> None:
+    """No third-party progress bars on the console (ours shows progress), unless verbose.
+
+    Must run before tqdm is first imported (by the input checks: lm-eval, datasets): tqdm
+    reads ``TQDM_*`` variables once, at import.
+    """
+    if not verbose:
+        for name in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                     "HF_HUB_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(name, "1")
+
+
 def _run_search(spec: str, study: str | None, storage: str | None,
                 max_iterations: int | None, verbose: bool) -> dict[str, Any]:
     from mmmo.spec import load_spec
+
+    _quiet_console(verbose)
 
     log = _log_file()
     if max_iterations is not None and max_iterations < 0:

@@ -28,6 +28,7 @@ toward ``request_seconds``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -145,6 +146,8 @@ def _timed_hflm_class() -> type[HFLM]:
         """HFLM whose request methods add their time to the calling thread's Timing."""
 
         def _timed(self, method: str, requests: Any, **kwargs: Any) -> Any:
+            if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+                kwargs.setdefault("disable_tqdm", True)  # lm-eval passes disable= explicitly
             with _tokenizer_lock(self.tokenizer):
                 start = time.perf_counter()
                 try:

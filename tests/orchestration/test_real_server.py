@@ -32,6 +32,8 @@ def world(prefect_server: str, tmp_path_factory: pytest.TempPathFactory, make_sp
     started = time.time()
     run = run_cli("run", str(spec), "--study", "straight", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
+    # the console shows our progress only: no lm-eval/datasets tqdm bars
+    assert "it/s]" not in run.stderr and "examples/s]" not in run.stderr, run.stderr[-2000:]
     return {"root": root, "storage": storage, "spec": spec, "env": env, "cli": run_cli,
             "straight_seconds": time.time() - started}
 
