@@ -89,7 +89,9 @@ def _quiet_prefect(log: Path, verbose: bool) -> None:
         prefect_logging.setup_logging()
     handler = logging.FileHandler(log, delay=True)  # no file until something is logged
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    for name in ("prefect", "mmmo", "lm-eval", "lm_eval"):
+    logging.captureWarnings(True)  # library warnings (e.g. GPyTorch's) go to the log file
+    logging.getLogger("py.warnings").propagate = verbose
+    for name in ("prefect", "mmmo", "lm-eval", "lm_eval", "py.warnings"):
         logger = logging.getLogger(name)
         if _HANDLER["current"] is not None:  # an earlier command of this process
             logger.removeHandler(_HANDLER["current"])
