@@ -21,49 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A ``prefect server start`` on loopback; returns the process and its API URL."""
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"}
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
-                             "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit(f"prefect server did not start; see {home / 'server.log'}")
 
 
 def run_search(spec: str, study: str, storage: str, env: dict[str, str]) -> tuple[float, float]:
@@ -167,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also run a new study of the same spec (every task a cache hit)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MMMO_CACHE_DIR", str(ROOT / ".cache"))
+    from flows.local_server import start_local_server, stop_local_server
     from mmmo.fixtures import ensure_family
 
     ensure_family()
@@ -176,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         api = args.api
         if api is None:
             (tmpdir / "server").mkdir()
-            proc, api = start_server(tmpdir / "server")
+            proc, api = start_local_server(tmpdir / "server", timeout=180)
         try:
             env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmpdir / "home")}
             storage = str(tmpdir / "studies")
@@ -188,8 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             per_task = noop_tasks(api, args.noop)
         finally:
             if proc is not None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
+                stop_local_server(proc, timeout=30)
     phases, work = parts["phases"], parts["work"]
     search = phases["search (all iterations)"]
     print(f"fixture search ({parts['trials']} trials) through `mmmo run`, Prefect server on "
