@@ -12,7 +12,6 @@ The study store is the source of truth; re-running the flow on a study resumes i
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -27,7 +26,6 @@ from prefect.utilities.annotations import allow_failure
 
 from flows.config import configured, configured_reference, task_runner
 from mmmo.runtime import Session, open_session, session
-from mmmo.search import recipe_json
 from mmmo.spec import SearchSpec, load_spec
 from tasks import propose, record, update_surrogate
 from tasks.final import export_recipe, make_report, pick_recipe
@@ -112,8 +110,7 @@ def finish(sess: Session) -> dict[str, Any]:
     picked = pick_recipe(url)
     table = score_table(sess, picked)
     export = export_recipe(url, picked["recipe"])
-    final = {"pick": picked, "table": table, "export": export, "finished_at": time.time()}
-    sess.search.store.write_json("final.json", final)
+    sess.search.write_final(picked, table, export)
     report = make_report(url)
     create_markdown_artifact(report["markdown"], key=_key(sess.search.store.name, "report"),
                              description=f"mm-mo report of study {sess.search.store.name}")
@@ -131,10 +128,8 @@ def score_table(sess: Session, picked: dict[str, Any]) -> dict[str, Any]:
     url = search.store.url
     _, evaluate_t = configured(search.spec)
     reference_t = configured_reference(search.spec)
-    names = [*search.task_objectives, *(h.label for h in search.spec.heldout)]
-    rows: list[tuple[str, Any]] = [(label, None) for label in search.reference_labels()]
-    rows += [(name, recipe_json(recipe)) for name, recipe in search.baselines()]
-    rows.append((f"pick (trial {picked['number']})", picked["recipe"]))
+    names = search.final_columns()
+    rows = search.final_rows(picked)
     last_on_slot: dict[int, list[Any]] = {}
     cells: dict[tuple[str, str], Any] = {}
     for i, (row, recipe) in enumerate(rows):

@@ -3,7 +3,8 @@
 A crash point marks a place where a crash must be survivable (between a merge and its
 evaluation, around every study write, ...). With ``MMMO_CRASH_AT=N`` the process kills itself
 (SIGKILL, no clean-up) at the N-th crash point it passes, with ``MMMO_CRASH_AT=<point>`` at the
-first point of that name (e.g. ``write:trials/0001.json:staged``, ``trial:2:merged``); with
+first point of that name or shell pattern (e.g. ``write:trials/0001.json:staged``,
+``trial:2:merged``, ``write:outcomes/*:staged``); with
 ``MMMO_CRASH_LOG=<file>`` it appends ``<pid> <count> <point>`` for each one passed. Unset (the
 default), nothing happens.
 See ``tests/reliability/test_kill_anywhere.py``.
@@ -11,6 +12,7 @@ See ``tests/reliability/test_kill_anywhere.py``.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 
@@ -28,5 +30,5 @@ def crash_point(name: str) -> None:
     if log:
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"{os.getpid()} {_PASSED[0]} {name}\n")
-    if at and (_PASSED[0] == int(at) if at.isdigit() else name == at):
+    if at and (_PASSED[0] == int(at) if at.isdigit() else fnmatch.fnmatchcase(name, at)):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mmmo._crash import crash_point
 from mmmo.errors import MmmoError, SpecError
 from mmmo.optimization import Constraint, Optimizer, make_optimizer, pick
 from mmmo.spec import SearchSpec
@@ -148,6 +149,7 @@ class Search:
         batch = self.batches[iteration]
         start = time.perf_counter()
         X = self.replay(trials, upto=iteration).ask(batch.size)
+        crash_point(f"iteration:{iteration}:asked")
         proposed = []
         for i, x in enumerate(X):
             recipe = self.space.decode(x)
@@ -227,7 +229,48 @@ class Search:
             benchmarks={o.task: o.model_dump(mode="json") for o in evaluation.outcomes},
             error=dict(error) if error else None, timings=dict(timings or {}), worker=worker)
 
+    # ------------------------------------------------------------------ cache keys
+
+    def benchmark_key(self, recipe_id: str, task_name: str) -> str:
+        """The key of a recipe's score on a task (what a stored score is re-used under)."""
+        from mmmo.evaluation import benchmark_key
+
+        return benchmark_key(recipe_id, self.spec.task(task_name),
+                             model_fingerprints=self.space.fingerprints)
+
+    def reference_key(self, model: str, task_name: str) -> str:
+        """The key of a single model's (base or source, by label) score on a task."""
+        import hashlib
+
+        from mmmo.evaluation import benchmark_key
+
+        fingerprint = self.space.fingerprint_of(model)
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        return benchmark_key(f"model-{digest}", self.spec.task(task_name),
+                             model_fingerprints=[fingerprint])
+
     # ------------------------------------------------------------------ the final table
+
+    def final_rows(self, picked: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+        """Rows of the final table: ``(label, None)`` for the base and the sources, then
+        ``(label, recipe JSON)`` for the baselines and the pick."""
+        rows: list[tuple[str, dict[str, Any] | None]] = [
+            (label, None) for label in self.reference_labels()]
+        rows += [(name, recipe_json(recipe)) for name, recipe in self.baselines()]
+        rows.append((f"pick (trial {picked['number']})", dict(picked["recipe"])))
+        return rows
+
+    def final_columns(self) -> list[str]:
+        """Columns of the final table: the objective tasks, then the held-out tasks."""
+        return [*self.task_objectives, *(h.label for h in self.spec.heldout)]
+
+    def write_final(self, picked: Mapping[str, Any], table: Mapping[str, Any],
+                    export: str) -> dict[str, Any]:
+        """Write ``final.json`` (the pick, the score table, the export's URL); return it."""
+        final = {"pick": dict(picked), "table": dict(table), "export": export,
+                 "finished_at": time.time()}
+        self.store.write_json("final.json", final)
+        return final
 
     def reference_labels(self) -> list[str]:
         """Labels of the single models scored in the final table: the base, then sources."""
@@ -270,6 +313,13 @@ class Search:
         return {"columns": [*columns, *extra], "rows": table}
 
     # ------------------------------------------------------------------ the pick
+
+    def pick_summary(self) -> dict[str, Any]:
+        """The chosen trial under the spec's pick policy, as stored in ``final.json``."""
+        chosen, why = self.pick()
+        return {"number": chosen.number, "recipe_id": chosen.recipe_id,
+                "recipe": chosen.recipe, "objectives": chosen.objectives,
+                "policy": self.spec.pick.policy, "reason": why}
 
     def pick(self, *, policy: str | None = None) -> tuple[TrialRecord, str]:
         """The chosen trial under the spec's pick policy (or ``policy``) and why.

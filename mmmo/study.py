@@ -10,12 +10,17 @@ Layout under ``<storage>/<study>/``::
                               timings, per-benchmark lm-eval results
     optimizer.json            the optimizer's state after the last update (for inspection;
                               resuming replays trials, so the store alone is enough)
+    outcomes/<key>.json       one finished benchmark (or merge info) by its cache key, written
+                              as soon as it is known: a resumed run re-uses it
+    final.json                the pick, the score table and the export, once finished
     exports/<recipe_id>/      exported HF folders + mergekit YAML
     reports/                  report.md / report.html / PNGs
 
 Every write is atomic: a local file is written to a temporary name and renamed over the
 target; on object stores (s3://) one object is one PUT, which readers see whole or not at all.
-A record is therefore never seen half-written, and a crash leaves at most a stray temp file.
+A record is therefore never seen half-written, and a crash leaves at most a stray temp file
+(or a partial export folder), which the next run removes when it takes the lease
+(:meth:`StudyStore.sweep`).
 
 Credentials and endpoints of remote stores come from the usual environment variables
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for S3-compatible
@@ -28,6 +33,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -356,6 +362,43 @@ class StudyStore:
         done = {t.number for t in self.trials()}
         return [t for p in self.proposals() for t in p.trials if t.number not in done]
 
+    # ------------------------------------------------------------------ finished work
+
+    def read_outcome(self, key: str) -> Any | None:
+        """The stored outcome (JSON) of a benchmark or merge by its cache key, or None."""
+        try:
+            return self.read_json(f"outcomes/{key}.json")
+        except FileNotFoundError:
+            return None
+
+    def write_outcome(self, key: str, value: Any) -> None:
+        """Store a finished benchmark's (or merge's) outcome under its cache key."""
+        self.write_json(f"outcomes/{key}.json", value)
+
+    def sweep(self) -> list[str]:
+        """Remove what writers killed mid-write left: staged ``.tmp-*`` files and partial
+        export folders (``exports/.<id>.partial-*``). Call only while holding the lease.
+
+        Returns:
+            The removed paths, relative to the study.
+        """
+        if not self._local or not Path(self.root).is_dir():
+            return []  # remote writes are single PUTs; remote exports are overwritten
+        removed = []
+        for p in sorted(Path(self.root).rglob(".*")):
+            rel = p.relative_to(self.root).as_posix()
+            if p.is_file() and p.name.startswith(".tmp-"):
+                p.unlink(missing_ok=True)
+            elif p.is_dir() and ".partial-" in p.name and rel.startswith("exports/"):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                continue
+            removed.append(rel)
+        if removed:
+            LOG.info("study %s: removed %d leftover(s) of interrupted writes: %s", self.name,
+                     len(removed), ", ".join(removed[:5]))
+        return removed
+
     # ------------------------------------------------------------------ lease
 
     def read_lease(self) -> Lease | None:
@@ -406,8 +449,12 @@ class StudyStore:
 
     @contextmanager
     def leased(self, *, ttl: float = 120.0, heartbeat: float | None = None) -> Iterator[Lease]:
-        """Hold the lease for the block, renewing it every ``heartbeat`` s (ttl/3)."""
+        """Hold the lease for the block, renewing it every ``heartbeat`` s (ttl/3).
+
+        Leftovers of interrupted writes are swept once the lease is held (:meth:`sweep`).
+        """
         lease = self.acquire_lease(ttl=ttl)
+        self.sweep()
         stop = threading.Event()
         box = {"lease": lease}
 

@@ -8,7 +8,6 @@ of a result changes.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 MERGE_VERSION = 1
@@ -23,22 +22,15 @@ def merge_cache_key(_ctx: Any, inputs: dict[str, Any]) -> str:
 
 def benchmark_cache_key(_ctx: Any, inputs: dict[str, Any]) -> str:
     """``bench-<hash>`` of recipe id + task + limit + seed + fewshot + model revisions."""
-    from mmmo.evaluation import benchmark_key
     from mmmo.runtime import session
 
     search = session(inputs["study_url"]).search
-    task = search.spec.task(inputs["objective"])
-    return "bench-" + benchmark_key(inputs["recipe"]["recipe_id"], task,
-                                    model_fingerprints=search.space.fingerprints)
+    return "bench-" + search.benchmark_key(inputs["recipe"]["recipe_id"], inputs["objective"])
 
 
 def reference_cache_key(_ctx: Any, inputs: dict[str, Any]) -> str:
     """``ref-<hash>`` of a single model's fingerprint + the task's evaluation settings."""
-    from mmmo.evaluation import benchmark_key
     from mmmo.runtime import session
 
     search = session(inputs["study_url"]).search
-    task = search.spec.task(inputs["task_name"])
-    fingerprint = search.space.fingerprint_of(inputs["model"])
-    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    return "ref-" + benchmark_key(f"model-{digest}", task, model_fingerprints=[fingerprint])
+    return "ref-" + search.reference_key(inputs["model"], inputs["task_name"])

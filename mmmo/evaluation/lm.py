@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mmmo._crash import crash_point
+
 if TYPE_CHECKING:
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -74,25 +76,28 @@ _local = threading.local()
 
 
 @contextmanager
-def measuring(cancel: threading.Event | None = None) -> Iterator[Timing]:
+def measuring(cancel: threading.Event | None = None, *,
+              inject_oom: bool = False) -> Iterator[Timing]:
     """Time (and make cancellable) the evaluations this thread runs inside the block.
 
     Args:
         cancel: When set, this thread's next model forward raises :class:`EvaluationCancelled`.
+        inject_oom: The first model forward in the block raises ``torch.OutOfMemoryError``
+            (fault injection, :mod:`mmmo.evaluation.faults`).
 
     Yields:
         The :class:`Timing` that accumulates while the block runs.
     """
     timing = Timing()
     previous = getattr(_local, "state", None)
-    _local.state = (timing, cancel)
+    _local.state = (timing, cancel, {"oom": inject_oom})
     try:
         yield timing
     finally:
         _local.state = previous
 
 
-def _current() -> tuple[Timing, threading.Event | None] | None:
+def _current() -> tuple[Timing, threading.Event | None, dict[str, bool]] | None:
     return getattr(_local, "state", None)
 
 
@@ -102,6 +107,12 @@ def _pre_hook(module: torch.nn.Module, args: Any) -> None:
         return
     if state[1] is not None and state[1].is_set():
         raise EvaluationCancelled("evaluation cancelled (time limit reached)")
+    crash_point("benchmark:forward")
+    if state[2]["oom"]:
+        import torch
+
+        state[2]["oom"] = False
+        raise torch.OutOfMemoryError("CUDA out of memory (injected by MMMO_FAULTS)")
     _local.t0 = time.perf_counter()
 
 

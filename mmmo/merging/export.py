@@ -31,6 +31,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
+from mmmo._crash import crash_point
 from mmmo.merging.homology import check_homology
 from mmmo.merging.models import resolve_local
 from mmmo.merging.recipe import Recipe
@@ -108,6 +109,7 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
                           created=datetime.now(UTC).isoformat(timespec="seconds"),
                           trust_remote_code=trust_remote_code)
         body = info.model_dump_json(indent=2)
+        crash_point("export:staged")
         if local:
             (stage / MARKER).write_text(body, encoding="utf-8")
             _normal_modes(stage)
@@ -121,6 +123,7 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
                 fs.rm(root, recursive=True)
             for rel in files:
                 fs.put_file(str(stage / rel), f"{root}/{rel}")
+            crash_point("export:uploaded")
             fs.pipe_file(marker, body.encode("utf-8"))
         return info
     finally:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import torch
 
+from mmmo._crash import crash_point
 from mmmo.errors import MergeError
 from mmmo.merging.homology import check_homology
 from mmmo.merging.models import read_tensor_headers, resolve_local
@@ -435,7 +436,9 @@ class Materializer:
             tasks = self._plan(recipe)
             plan_done = time.perf_counter()
             with torch.no_grad():
-                for name, merged in self._run(recipe, tasks):
+                for i, (name, merged) in enumerate(self._run(recipe, tasks)):
+                    if i == len(tasks) // 2:
+                        crash_point("merge:halfway")
                     param = self._params.get(name)
                     if param is None:  # e.g. lm_head of a tied model: not a separate parameter
                         continue
