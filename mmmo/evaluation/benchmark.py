@@ -38,7 +38,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from mmmo.evaluation.faults import FAULTS_ENV, fault_plan
 from mmmo.evaluation.lm import EvaluationCancelled, check_device, get_lm, measuring
@@ -151,9 +151,12 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
     if not isinstance(model, HFLM):
         check_device(model, device)
     start = time.perf_counter()
+    inject_oom = False
     if fault_key is not None:
         injected = _injected(fault_key, task, attempt, batch_size, start)
-        if injected is not None:
+        if injected == "oom":
+            inject_oom = True
+        elif injected is not None:
             return injected
     size: int | str = task.batch_size or batch_size
     sizes: list[int | str] = [size]
@@ -170,7 +173,8 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
             return _failure(exc, traceback.format_exc(), task, bs, start, threading.Event())
         outcome = _attempt(lm, task, registry, batch_size=bs, timeout_s=remaining,
                            limit_s=timeout_s, bootstrap_iters=bootstrap_iters,
-                           log_samples=log_samples, start=start)
+                           log_samples=log_samples, start=start, inject_oom=inject_oom)
+        inject_oom = False
         if isinstance(outcome, BenchmarkResult) and attempt:
             outcome = outcome.model_copy(update={"oom_retries": attempt})
         if not (isinstance(outcome, EvalFailure) and outcome.kind == "oom"):
@@ -192,7 +196,8 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
 
 def _attempt(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int | str,
              timeout_s: float | None, limit_s: float | None, bootstrap_iters: int,
-             log_samples: bool, start: float) -> BenchmarkResult | EvalFailure:
+             log_samples: bool, start: float,
+             inject_oom: bool = False) -> BenchmarkResult | EvalFailure:
     """One evaluation at one batch size, in a cancellable worker thread when time-limited."""
     cancel = threading.Event()
     box: dict[str, Any] = {}
@@ -201,7 +206,7 @@ def _attempt(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int
         try:
             box["out"] = _evaluate(lm, task, registry, batch_size=batch_size, cancel=cancel,
                                    bootstrap_iters=bootstrap_iters, log_samples=log_samples,
-                                   start=start)
+                                   start=start, inject_oom=inject_oom)
         except Exception as exc:  # turned into a failure record
             box["exc"], box["tb"] = exc, traceback.format_exc()
 
@@ -226,13 +231,13 @@ def _attempt(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int
 
 def _evaluate(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int | str,
               cancel: threading.Event, bootstrap_iters: int, log_samples: bool,
-              start: float) -> BenchmarkResult | EvalFailure:
+              start: float, inject_oom: bool = False) -> BenchmarkResult | EvalFailure:
     from lm_eval.evaluator import evaluate
 
     # lm-eval bootstraps some stderrs in a forked multiprocessing pool: unsafe beside threads and
     # CUDA, and slower than serial at these sample sizes. Serial unless the user chose otherwise.
     os.environ.setdefault("DISABLE_MULTIPROC", "1")
-    with registry.checkout(task) as loaded, measuring(cancel) as timing:
+    with registry.checkout(task) as loaded, measuring(cancel, inject_oom=inject_oom) as timing:
         samples = {name: idx for name, n in loaded.n_docs.items()
                    if (idx := select_docs(n, task.limit, task.sample_seed)) is not None}
         with _global_seeds():
@@ -304,12 +309,13 @@ def _pooled(results: dict[str, Any], counts: dict[str, int], key: str,
 
 
 def _injected(key: str, task: TaskSpec, attempt: int, batch_size: int | str,
-              start: float) -> EvalFailure | None:
-    """The failure ``MMMO_FAULTS`` injects into this attempt, if any (see :mod:`.faults`)."""
+              start: float) -> EvalFailure | Literal["oom"] | None:
+    """The failure ``MMMO_FAULTS`` injects into this attempt, if any (see :mod:`.faults`);
+    ``"oom"``: the first forward pass is to raise out-of-memory."""
     plan = fault_plan()
     kind = plan.draw(key, task.label, attempt) if plan is not None else None
-    if kind is None:
-        return None
+    if kind is None or kind == "oom":
+        return kind
     what = f"injected by {FAULTS_ENV} (attempt {attempt})"
     if kind == "raise":
         try:

@@ -1,7 +1,9 @@
 """Fault injection in the evaluation path, for reliability tests: ``MMMO_FAULTS``.
 
-``MMMO_FAULTS="raise=0.1,timeout=0.1,nan=0.1,seed=0"`` makes benchmark evaluations fail before
-they run: with an exception, a time-out or a NaN score, with these probabilities. Each draw is a
+``MMMO_FAULTS="raise=0.1,timeout=0.1,nan=0.1,oom=0.1,seed=0"`` makes benchmark evaluations
+fail: before they run with an exception, a time-out or a NaN score, or, for ``oom``, with
+``torch.OutOfMemoryError`` from the first forward pass at the requested batch size (the usual
+retry at half the batch size then runs as usual), with these probabilities. Each draw is a
 hash of ``(seed, recipe id, benchmark, attempt)``: the same attempt of the same benchmark of the
 same recipe fails the same way in every process and run, and a retry (the next attempt) draws
 again. Only :func:`~mmmo.evaluation.evaluate_benchmark` reads it (when its caller names the
@@ -20,7 +22,7 @@ __all__ = ["FAULTS_ENV", "FaultPlan", "fault_plan"]
 
 FAULTS_ENV = "MMMO_FAULTS"
 
-Fault = Literal["raise", "timeout", "nan"]
+Fault = Literal["raise", "timeout", "nan", "oom"]
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,15 @@ class FaultPlan:
     raise_: float = 0.0
     timeout: float = 0.0
     nan: float = 0.0
+    oom: float = 0.0
     seed: int = 0
 
     def draw(self, recipe_id: str, benchmark: str, attempt: int) -> Fault | None:
         """The fault of this attempt (None: the evaluation runs as usual)."""
         digest = hashlib.sha256(f"{self.seed}|{recipe_id}|{benchmark}|{attempt}".encode())
         u = int.from_bytes(digest.digest()[:8], "big") / 2.0**64
-        for kind, p in (("raise", self.raise_), ("timeout", self.timeout), ("nan", self.nan)):
+        for kind, p in (("raise", self.raise_), ("timeout", self.timeout), ("nan", self.nan),
+                        ("oom", self.oom)):
             if u < p:
                 return kind  # type: ignore[return-value]
             u -= p
@@ -56,15 +60,16 @@ def fault_plan(text: str | None = None) -> FaultPlan | None:
     for part in text.split(","):
         key, _, raw = part.strip().partition("=")
         try:
-            if key not in ("raise", "timeout", "nan", "seed"):
+            if key not in ("raise", "timeout", "nan", "oom", "seed"):
                 raise ValueError
             values["raise_" if key == "raise" else key] = int(raw) if key == "seed" \
                 else float(raw)
         except ValueError:
             raise ValueError(f"{FAULTS_ENV}: bad entry {part!r}; fix: write e.g. "
-                             "raise=0.1,timeout=0.1,nan=0.1,seed=0") from None
+                             "raise=0.1,timeout=0.1,nan=0.1,oom=0.1,seed=0") from None
     plan = FaultPlan(**values)  # type: ignore[arg-type]
-    if min(plan.raise_, plan.timeout, plan.nan) < 0 or plan.raise_ + plan.timeout + plan.nan > 1:
+    probabilities = (plan.raise_, plan.timeout, plan.nan, plan.oom)
+    if min(probabilities) < 0 or sum(probabilities) > 1:
         raise ValueError(f"{FAULTS_ENV}: probabilities must be >= 0 and sum to <= 1 "
                          f"(got {text!r})")
     return plan
