@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 def run_search(spec: str, study: str, storage: str, env: dict[str, str]) -> tuple[float, float]:
     """``mmmo run`` in a subprocess; returns its start (epoch seconds) and wall time."""
     started, t0 = time.time(), time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "mmmo.cli", "run", spec, "--study", study,
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", spec, "--study", study,
                            "--storage", storage], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:

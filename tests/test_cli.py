@@ -25,7 +25,7 @@ COMMANDS = ("run", "resume", "status", "pareto", "pick", "export", "report", "de
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``mmmo ARGS`` in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "mmmo.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=timeout)
 
 

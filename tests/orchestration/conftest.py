@@ -67,7 +67,7 @@ def cli_env(api_url: str, home: Path) -> dict[str, str]:
 def mmmo(*args: str, env: dict[str, str], cwd: Path | None = None,
          timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the ``mmmo`` CLI in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "mmmo.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -45,7 +45,7 @@ def _results(store: StudyStore) -> list[tuple[int, str, str, dict[str, Any]]]:
 def test_killed_search_resumes_to_the_uninterrupted_result(world: dict[str, Any]) -> None:
     storage, env = world["storage"], world["env"]
     store = StudyStore(storage, "killed")
-    proc = subprocess.Popen([sys.executable, "-m", "mmmo.cli", "run", str(world["spec"]),
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(world["spec"]),
                              "--study", "killed"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600

@@ -65,8 +65,8 @@ class CliResult:
 @pytest.fixture
 def mmmo_cli(capsys: pytest.CaptureFixture[str],
              monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
-    """Run ``mmmo ARGS`` in this process (the console-script entry point, ``mmmo.cli.main``)."""
-    from mmmo import cli
+    """Run ``mmmo ARGS`` in this process (the console-script entry point, ``flows.cli.main``)."""
+    from flows import cli
 
     # what the CLI sets with os.environ.setdefault: restored after the test
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")

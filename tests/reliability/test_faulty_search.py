@@ -116,7 +116,7 @@ def faulty(prefect_harness: None, s3_endpoint: str, tiny_spec: Any, write_spec: 
     """Run the search once; yield what the tests inspect."""
     import s3fs
 
-    from mmmo import cli
+    from flows import cli
 
     root = tmp_path_factory.mktemp("faulty")
     with pytest.MonkeyPatch.context() as mp:
