@@ -1,6 +1,7 @@
 """The ``mmmo`` CLI against a real ``prefect server start`` on loopback, in subprocesses.
 
-- a search killed with SIGKILL mid-iteration, resumed, ends as the uninterrupted one does;
+- a search killed (SIGKILL) at five points in turn (mid-merge, mid-benchmark, staging a
+  record, proposing, exporting), then resumed, ends as the uninterrupted one does;
 - a re-run of the same search in a new study is all cache hits (checked through the client);
 - the flow's artifacts are on the server;
 - a second run on a study whose lease is held is refused with a one-line error.
@@ -9,11 +10,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,35 +42,56 @@ def _results(store: StudyStore) -> list[tuple[int, str, str, dict[str, Any]]]:
     return [(t.number, t.recipe_id, t.status, t.objectives) for t in store.trials()]
 
 
-def test_killed_search_resumes_to_the_uninterrupted_result(world: dict[str, Any]) -> None:
-    storage, env = world["storage"], world["env"]
+#: Where the flow kills itself (``MMMO_CRASH_AT``), one ``mmmo run`` each, in search order:
+#: half way through a merge task, in a benchmark task's forward pass, staging a trial record,
+#: proposing iteration 1 (after the optimizer's ask), writing the export.
+FLOW_KILLS = ["merge:halfway", "benchmark:forward", "write:trials/*:staged",
+              "iteration:1:asked", "export:staged"]
+
+
+def test_killed_search_resumes_to_the_uninterrupted_result(world: dict[str, Any],
+                                                           tmp_path: Any) -> None:
+    import fnmatch
+
+    env = world["env"]
+    storage = str(world["root"] / "killed-studies")  # its own Prefect cache: work is redone
     store = StudyStore(storage, "killed")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(world["spec"]),
-                             "--study", "killed"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and len(store.list("trials")) < 4:
-        assert proc.poll() is None, "the search ended before it could be killed"
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-    # killed in the middle of iteration 1: proposed, partly evaluated, lease left behind
-    assert [p.iteration for p in store.proposals()] == [0, 1]
-    pending = store.pending()
-    assert 1 <= len(pending) <= 2, "killed too late to be mid-iteration"
+    args = ["run", str(world["spec"]), "--study", "killed", "--storage", storage]
+    log = tmp_path / "crash.log"
+    pids = []
+    for point in FLOW_KILLS:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**env, "MMMO_CRASH_AT": point, "MMMO_CRASH_LOG": str(log)})
+        assert proc.wait(timeout=600) == -9, point  # it killed itself there
+        pids.append(proc.pid)
+        assert store.read_lease() is not None  # left behind by the dead run
+        store.trials(), store.proposals()  # readable after every kill
+    points: dict[int, list[str]] = {}
+    for line in log.read_text().splitlines():
+        pid, _, name = line.split(" ", 2)
+        points.setdefault(int(pid), []).append(name)
+    died_at = [points[pid][-1] for pid in pids]
+    assert all(fnmatch.fnmatchcase(d, k) for d, k in zip(died_at, FLOW_KILLS, strict=True))
     proposed = {t.number: t.recipe_id for p in store.proposals() for t in p.trials}
+    assert not store.pending() and not store.exists("final.json")  # killed in the last stage
     before = {t.number: t.finished_at for t in store.trials()}
-    assert store.read_lease() is not None
 
-    resumed = world["cli"]("run", str(world["spec"]), "--study", "killed", env=env)
+    resumed = world["cli"](*args, env={**env, "MMMO_CRASH_LOG": str(log)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = store.trials()
-    assert {t.number: t.finished_at for t in after if t.number in before} == before
+    assert {t.number: t.finished_at for t in after} == before  # no trial redone
     assert {t.number: t.recipe_id for t in after} == proposed  # evaluated as proposed
-    assert _results(store) == _results(StudyStore(storage, "straight"))
-    assert store.read_json("final.json")["pick"] == \
-        StudyStore(storage, "straight").read_json("final.json")["pick"]
+    writes = [line.split(" ", 2)[2] for line in log.read_text().splitlines()
+              if fnmatch.fnmatchcase(line.split(" ", 2)[2], "write:trials/*:done")]
+    assert sorted(writes) == sorted(set(writes))  # every trial recorded once
+    straight = StudyStore(world["storage"], "straight")
+    assert _results(store) == _results(straight)
+    assert store.read_json("final.json")["pick"] == straight.read_json("final.json")["pick"]
+    leftovers = [p for p in Path(storage).rglob(".*") if ".tmp-" in p.name or ".partial-" in p.name]
+    assert leftovers == []  # swept by the resumed run
+    print(f"flow killed at {died_at}, resumed: same trials and pick as the uninterrupted run")
 
 
 def test_rerun_is_all_cache_hits_and_artifacts_are_on_the_server(

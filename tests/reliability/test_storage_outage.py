@@ -1,4 +1,5 @@
-"""The S3 endpoint goes down in the middle of a search and comes back: the search finishes.
+"""The S3 endpoint goes down in the middle of a search and comes back: the search finishes
+(without Prefect, and as the Prefect flow).
 
 Between the study store and moto's S3 server sits a TCP proxy that, when the search writes its
 second trial record, drops that request and then refuses every connection for a few seconds,
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-OUTAGE_S = 5.0
+OUTAGE_S = float(__import__("os").environ.get("MMMO_TEST_OUTAGE_S", "5"))
 
 
 class FlakyEndpoint:
@@ -157,4 +158,44 @@ def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path
     assert retries and "trials/0001.json" in retries[0], retries
     assert [t.number for t in trials] == [0, 1]
     assert all(t.status == "complete" for t in trials)
+    assert seconds > OUTAGE_S  # it waited the outage out
+
+
+def test_flow_survives_an_s3_outage(prefect_harness: None, s3_endpoint: str, tiny_spec: Any,
+                                    write_spec: Any, tmp_path: Path, mmmo_cli: Any,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same outage under the Prefect flow (``mmmo run``), hitting Prefect's own write of a
+    cached task result (``.prefect-results``) first, then the study's writes around it."""
+    import s3fs
+
+    from mmmo.study import StudyStore
+
+    bucket = "mmmo-outage-flow"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(bucket)
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = FlakyEndpoint((host, int(port)), f"PUT /{bucket}/studies/.prefect-results/".encode(),
+                          OUTAGE_S)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    s3fs.S3FileSystem.clear_instance_cache()
+    storage = f"s3://{bucket}/studies"
+    spec = write_spec(tmp_path / "outage.yaml", tiny_spec(
+        storage, name="outage-flow", heldout=[],
+        objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml", "limit": 4}]},
+        optimizer={"strategy": "random", "n_init": 2, "iterations": 0}))
+    try:
+        started = time.monotonic()
+        run = mmmo_cli("run", str(spec), "--study", "outage-flow")
+        seconds = time.monotonic() - started
+        print(f"flow with an {OUTAGE_S:g} s outage: {seconds:.1f} s")
+        store = StudyStore(storage, "outage-flow")
+        trials = store.trials()
+        final = store.read_json("final.json") if store.exists("final.json") else None
+    finally:
+        proxy.close()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert proxy.error is None and proxy.outages == 1  # it went away, mid-search
+    assert run.code == 0, (run.stdout[-2000:], run.stderr[-3000:])
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.status == "complete" for t in trials), [t.error for t in trials]
+    assert final is not None and final["pick"]["number"] in (0, 1)
     assert seconds > OUTAGE_S  # it waited the outage out
