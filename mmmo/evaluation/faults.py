@@ -3,7 +3,9 @@
 ``MMMO_FAULTS="raise=0.1,timeout=0.1,nan=0.1,oom=0.1,seed=0"`` makes benchmark evaluations
 fail: before they run with an exception, a time-out or a NaN score, or, for ``oom``, with
 ``torch.OutOfMemoryError`` from the first forward pass at the requested batch size (the usual
-retry at half the batch size then runs as usual), with these probabilities. Each draw is a
+retry at half the batch size then runs as usual), with these probabilities; ``merge=p`` makes
+the merge of a recipe raise (:class:`~mmmo.errors.MergeError`) with probability ``p``, drawn
+once per recipe, so that every retry and resume of that recipe fails alike. Each draw is a
 hash of ``(seed, recipe id, benchmark, attempt)``: the same attempt of the same benchmark of the
 same recipe fails the same way in every process and run, and a retry (the next attempt) draws
 again. Only :func:`~mmmo.evaluation.evaluate_benchmark` reads it (when its caller names the
@@ -33,6 +35,7 @@ class FaultPlan:
     timeout: float = 0.0
     nan: float = 0.0
     oom: float = 0.0
+    merge: float = 0.0
     seed: int = 0
 
     def draw(self, recipe_id: str, benchmark: str, attempt: int) -> Fault | None:
@@ -45,6 +48,11 @@ class FaultPlan:
                 return kind  # type: ignore[return-value]
             u -= p
         return None
+
+    def merge_fails(self, recipe_id: str) -> bool:
+        """Whether the merge of ``recipe_id`` is to raise."""
+        digest = hashlib.sha256(f"{self.seed}|{recipe_id}|merge".encode())
+        return int.from_bytes(digest.digest()[:8], "big") / 2.0**64 < self.merge
 
 
 def fault_plan(text: str | None = None) -> FaultPlan | None:
@@ -60,7 +68,7 @@ def fault_plan(text: str | None = None) -> FaultPlan | None:
     for part in text.split(","):
         key, _, raw = part.strip().partition("=")
         try:
-            if key not in ("raise", "timeout", "nan", "oom", "seed"):
+            if key not in ("raise", "timeout", "nan", "oom", "merge", "seed"):
                 raise ValueError
             values["raise_" if key == "raise" else key] = int(raw) if key == "seed" \
                 else float(raw)
@@ -69,7 +77,7 @@ def fault_plan(text: str | None = None) -> FaultPlan | None:
                              "raise=0.1,timeout=0.1,nan=0.1,oom=0.1,seed=0") from None
     plan = FaultPlan(**values)  # type: ignore[arg-type]
     probabilities = (plan.raise_, plan.timeout, plan.nan, plan.oom)
-    if min(probabilities) < 0 or sum(probabilities) > 1:
+    if min(*probabilities, plan.merge) < 0 or sum(probabilities) > 1 or plan.merge > 1:
         raise ValueError(f"{FAULTS_ENV}: probabilities must be >= 0 and sum to <= 1 "
                          f"(got {text!r})")
     return plan

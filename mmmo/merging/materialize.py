@@ -430,6 +430,7 @@ class Materializer:
         self._check_recipe(recipe)
         with self._lock:
             self._current = self._last = None
+            _injected_merge_fault(recipe.recipe_id)
             sums: dict[str, torch.Tensor] = {}
             covered: set[str] = set()
             base = self._resident[str(self._paths[self.base.ref])]
@@ -569,3 +570,16 @@ def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         diff = a[i:i + _CHUNK].to(torch.float32) - b[i:i + _CHUNK].to(torch.float32)
         total += diff.abs_().sum()
     return total
+
+
+def _injected_merge_fault(recipe_id: str) -> None:
+    """Raise the merge failure ``MMMO_FAULTS`` injects for this recipe, if any (tests only)."""
+    import os
+
+    from mmmo.evaluation.faults import FAULTS_ENV, fault_plan
+
+    if not os.environ.get(FAULTS_ENV):
+        return
+    plan = fault_plan()
+    if plan is not None and plan.merge_fails(recipe_id):
+        raise MergeError(f"recipe {recipe_id}: merge failed (injected by {FAULTS_ENV})")
