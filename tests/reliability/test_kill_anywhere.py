@@ -147,7 +147,7 @@ def test_killed_at_any_point_the_search_resumes_without_loss(tiny_spec: Any,
                 "proposals/0000.json", "proposals/0001.json"]:
         assert writes[rel] == 1, (rel, writes[rel])
     results = {rel: n for rel, n in writes.items() if rel.startswith("outcomes/")}
-    assert len(results) == 3 + 4 + 3  # merges, benchmarks of the trials, single models
+    assert len(results) == 3 + 3 + 4  # merge infos, benchmarks of the trials, single models
     computed_twice = sum(n - 1 for n in results.values())
     assert computed_twice == 0, results
     cut_off = sum(k in CUT_OFF for k in KILLS)
