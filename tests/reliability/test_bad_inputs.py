@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,9 +262,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     ctx = Ctx(tmp_path, monkeypatch, request)
     args = case.build(ctx)
     before = _tree(tmp_path)
-    started = time.monotonic()
     result = mmmo_cli(*args)
-    seconds = time.monotonic() - started
 
     assert result.code == 2, (result.code, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -276,4 +273,3 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert "fix" in line and case.fix in line.split("fix", 1)[1], line
     assert tripwires == []  # refused before the flow started and before any model was loaded
     assert _tree(tmp_path) == before  # nothing written: no storage, study unchanged
-    assert seconds < 60, f"took {seconds:.0f} s"
