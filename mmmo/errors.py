@@ -46,6 +46,14 @@ class LeaseHeldError(StudyError):
     """Another live run holds the study's lease."""
 
 
+class StorageUnavailableError(MmmoError):
+    """A remote study store did not answer for longer than its retries last.
+
+    Not bad input (the CLI exits 1, not 2): what was recorded before is intact and the search
+    can be resumed once the store answers again.
+    """
+
+
 class EvaluationError(MmmoError):
     """An evaluation failed; carries a typed failure record."""
 

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmmo import __version__
 from mmmo._crash import crash_point
-from mmmo.errors import LeaseHeldError, SpecError, StudyError
+from mmmo.errors import LeaseHeldError, SpecError, StorageUnavailableError, StudyError
 from mmmo.spec import _STUDY, SearchSpec, parse_spec
 
 __all__ = ["Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage", "check_study",
@@ -221,13 +221,23 @@ class StudyStore:
         """``fn(*args)``, retried with backoff while a remote store does not answer."""
         if self._local:
             return fn(*args)
-        delay, deadline = 0.5, time.monotonic() + self.retry_seconds
+        started = time.monotonic()
+        delay, deadline = 0.5, started + self.retry_seconds
         while True:
             try:
                 return fn(*args)
             except Exception as exc:
-                if not _transient(exc) or time.monotonic() + delay > deadline:
+                if not _transient(exc):
                     raise
+                if time.monotonic() + delay > deadline:
+                    waited = time.monotonic() - started
+                    cause = (str(exc).splitlines() or [""])[0][:200]
+                    raise StorageUnavailableError(
+                        f"study store {self.url} did not answer for {waited:.0f} s ({what}: "
+                        f"{type(exc).__name__}: {cause}); fix: bring the store back, then "
+                        f"`mmmo resume {self.name} --storage {self.storage}`: every trial recorded so far "
+                        "is kept"
+                    ) from exc
                 LOG.warning("study store %s: %s failed (%s: %s); retrying in %.1f s",
                             self.url, what, type(exc).__name__,
                             (str(exc).splitlines() or [""])[0][:200], delay)
@@ -447,6 +457,22 @@ class StudyStore:
         if back is not None and back.holder == lease.holder:
             self._retrying("releasing the lease", self.fs.rm_file, self.path("lease.json"))
 
+    def _release_after_failure(self, lease: Lease) -> None:
+        """Try once to give the lease back while an error ends the run; never raise.
+
+        The store may be the reason the run failed: waiting :attr:`retry_seconds` again would
+        only delay the error. A lease left behind expires (or its dead holder is detected).
+        """
+        try:
+            back = Lease(**json.loads(self.fs.cat_file(self.path("lease.json"))))
+            if back.holder == lease.holder:
+                self.fs.rm_file(self.path("lease.json"))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
+            LOG.warning("study store %s: the lease could not be released (%s); it expires by "
+                        "itself", self.url, type(exc).__name__)
+
     @contextmanager
     def leased(self, *, ttl: float = 120.0, heartbeat: float | None = None) -> Iterator[Lease]:
         """Hold the lease for the block, renewing it every ``heartbeat`` s (ttl/3).
@@ -469,10 +495,14 @@ class StudyStore:
         thread.start()
         try:
             yield lease
-        finally:
+        except BaseException:
             stop.set()
             thread.join(timeout=5)
-            self.release_lease(box["lease"])
+            self._release_after_failure(box["lease"])
+            raise
+        stop.set()
+        thread.join(timeout=5)
+        self.release_lease(box["lease"])
 
 
 def check_storage(storage: str, *, storage_options: dict[str, Any] | None = None) -> None:

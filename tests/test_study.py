@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmmo.errors import LeaseHeldError, StudyError
+from mmmo.errors import LeaseHeldError, StorageUnavailableError, StudyError
 from mmmo.spec import SearchSpec, parse_spec
 from mmmo.study import Proposal, ProposedTrial, StudyStore, TrialRecord
 
@@ -117,6 +117,57 @@ def test_leased_context_heartbeats_and_releases(tmp_path: Path) -> None:
         assert current is not None and current.holder == lease.holder
         assert not current.is_stale()
     assert store.read_lease() is None
+
+
+def test_a_failing_block_releases_the_lease_and_keeps_its_own_error(
+        store: StudyStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The block's error is the one raised; the lease is given back in one try, and a store
+    that cannot take it back (it may be why the block failed) is logged, not raised."""
+    with pytest.raises(RuntimeError, match="the block failed"), store.leased():
+        raise RuntimeError("the block failed")
+    assert store.read_lease() is None
+
+    def refused(*_a: object, **_k: object) -> None:
+        calls.append(1)
+        raise ConnectionRefusedError("the store went away")
+
+    calls: list[int] = []
+    monkeypatch.setattr(StudyStore, "retry_seconds", 60.0)  # would wait, were it retried
+    with pytest.raises(RuntimeError, match="the block failed"), store.leased():
+        monkeypatch.setattr(store.fs, "rm_file", refused)
+        raise RuntimeError("the block failed")
+    assert calls == [1]
+    assert "the lease could not be released" in caplog.text
+    assert store.read_lease() is not None  # left behind: it expires, or its dead holder is seen
+
+
+def test_store_that_stays_away_fails_in_one_line_naming_the_fix(
+        s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past :attr:`StudyStore.retry_seconds` a remote store that does not answer is one
+    StorageUnavailableError naming the store, the operation and how to resume."""
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(StudyStore, "retry_seconds", 1.0)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        store = StudyStore(f"{s3_bucket}/studies", "demo")
+        with pytest.raises(StorageUnavailableError) as info:
+            store.write_json("trials/0000.json", {"n": 0})
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith(f"study store {s3_bucket}/studies/demo did not answer for ")
+    assert "(writing trials/0000.json: EndpointConnectionError" in line
+    assert line.endswith(f"fix: bring the store back, then `mmmo resume demo --storage "
+                         f"{s3_bucket}/studies`: every trial recorded so far is kept")
 
 
 def test_missing_study_is_a_clear_error(tmp_path: Path) -> None:

@@ -199,3 +199,64 @@ def test_flow_survives_an_s3_outage(prefect_harness: None, s3_endpoint: str, tin
     assert all(t.status == "complete" for t in trials), [t.error for t in trials]
     assert final is not None and final["pick"]["number"] in (0, 1)
     assert seconds > OUTAGE_S  # it waited the outage out
+
+
+def test_an_outage_past_the_retries_fails_in_one_line_and_resume_loses_nothing(
+        prefect_harness: None, s3_endpoint: str, tiny_spec: Any, write_spec: Any,
+        tmp_path: Path, mmmo_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outage longer than the study store's retries (cut to 1 s here, 300 s by default)
+    ends ``mmmo run`` (the Prefect flow) with exit 1 and one line naming the store, what it was
+    doing and the fix; once the store is back, ``mmmo resume`` finishes the search: the trial
+    recorded before the outage is kept as it was, none is recorded twice."""
+    import s3fs
+
+    from mmmo.study import StudyStore
+
+    bucket, study = "mmmo-outage-long", "outage-long"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(bucket)
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = FlakyEndpoint((host, int(port)),
+                          f"PUT /{bucket}/studies/{study}/trials/0001.json".encode(), 6.0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(StudyStore, "retry_seconds", 1.0)
+    s3fs.S3FileSystem.clear_instance_cache()
+    storage = f"s3://{bucket}/studies"
+    spec = write_spec(tmp_path / "outage.yaml", tiny_spec(
+        storage, name=study, heldout=[],
+        objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml", "limit": 4}]},
+        optimizer={"strategy": "random", "n_init": 2, "iterations": 0}))
+    try:
+        failed = mmmo_cli("run", str(spec), "--study", study)
+        assert proxy.outages == 1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the endpoint answers again
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1",
+                                                                         proxy.port), 1):
+                break
+            time.sleep(0.2)
+        s3fs.S3FileSystem.clear_instance_cache()
+        store = StudyStore(storage, study)
+        before = {n: store.read_bytes(f"trials/{n}") for n in store.list("trials")}
+        resumed = mmmo_cli("resume", study, "--storage", storage)
+        after = StudyStore(storage, study)
+        trials = after.trials()
+        kept = after.read_bytes("trials/0000.json")
+        final = after.read_json("final.json") if after.exists("final.json") else None
+        lease = after.read_lease()
+    finally:
+        proxy.close()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert failed.code == 1, (failed.stdout[-2000:], failed.stderr[-3000:])
+    lines = [line for line in failed.stderr.strip().splitlines() if line.strip()]
+    assert lines[-2].startswith("failed: study store " + storage + "/" + study), lines
+    assert "did not answer" in lines[-2] and "trials/0001.json" in lines[-2], lines[-2]
+    assert f"fix: bring the store back, then `mmmo resume {study} --storage {storage}`" \
+        in lines[-2], lines[-2]
+    assert lines[-1].strip().startswith("log: "), lines
+    assert list(before) == ["0000.json"]  # trial 0 was recorded before the outage
+    assert resumed.code == 0, (resumed.stdout[-2000:], resumed.stderr[-3000:])
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.status == "complete" for t in trials), [t.error for t in trials]
+    assert kept == before["0000.json"]  # kept as it was, not evaluated again
+    assert final is not None and final["pick"]["number"] in (0, 1)
+    assert lease is None  # released by the resumed run
