@@ -229,18 +229,16 @@ class StudyStore:
             except Exception as exc:
                 if not _transient(exc):
                     raise
+                cause = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
                 if time.monotonic() + delay > deadline:
-                    waited = time.monotonic() - started
-                    cause = (str(exc).splitlines() or [""])[0][:200]
                     raise StorageUnavailableError(
-                        f"study store {self.url} did not answer for {waited:.0f} s ({what}: "
-                        f"{type(exc).__name__}: {cause}); fix: bring the store back, then "
-                        f"`mmmo resume {self.name} --storage {self.storage}`: every trial recorded so far "
-                        "is kept"
+                        f"study store {self.url} did not answer for "
+                        f"{time.monotonic() - started:.0f} s ({what}: {cause}); fix: bring the "
+                        f"store back, then `mmmo resume {self.name} --storage {self.storage}`: "
+                        "every trial recorded so far is kept"
                     ) from exc
-                LOG.warning("study store %s: %s failed (%s: %s); retrying in %.1f s",
-                            self.url, what, type(exc).__name__,
-                            (str(exc).splitlines() or [""])[0][:200], delay)
+                LOG.warning("study store %s: %s failed (%s); retrying in %.1f s",
+                            self.url, what, cause, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
