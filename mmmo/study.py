@@ -180,13 +180,29 @@ def _transient(exc: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT for cls in type(exc).__mro__)
 
 
+def _retry_window() -> float | None:
+    """``MMMO_STORE_RETRY_SECONDS``, checked: seconds a remote store is waited for, or None."""
+    raw = os.environ.get("MMMO_STORE_RETRY_SECONDS", "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise StudyError(f"MMMO_STORE_RETRY_SECONDS={raw!r}: is not a number of seconds >= 0; "
+                         "fix: set it to e.g. 300, or unset it for the default")
+    return seconds
+
+
 class StudyStore:
     """Read and write one study under ``<storage>/<name>/`` through fsspec.
 
     On a remote store, every read and write that fails because the store does not answer
     (connection refused or reset, time-outs) is retried with backoff (0.5 s, doubling, at most
     8 s between tries) for up to :attr:`retry_seconds`, on top of the driver's own retries: a
-    search waits out a restart of its S3 server instead of failing.
+    search waits out a restart of its S3 server instead of failing. The environment variable
+    ``MMMO_STORE_RETRY_SECONDS`` sets that window for every store of the process.
     """
 
     retry_seconds: float = 300.0
@@ -198,6 +214,8 @@ class StudyStore:
                              "dashes (no '/' or '..'); fix: rename it, e.g. 'fixture-demo'")
         self.storage = storage.rstrip("/")
         self.name = name
+        if (window := _retry_window()) is not None:
+            self.retry_seconds = window
         options = dict(storage_options or {})
         if self.storage.startswith(("s3://", "s3a://")):  # fail fast to _retrying, which waits
             options.setdefault("config_kwargs", STORE_S3_CONFIG)

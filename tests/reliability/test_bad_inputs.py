@@ -178,6 +178,9 @@ CASES = [
          lambda c: ["run", c.spec(storage="/proc/mmmo-studies")]),
     Case("storage-under-a-file", "is a file, not a folder", "choose a folder",
          lambda c: ["run", c.spec(storage=str(c.write(c.root / "f.txt", "x") / "studies"))]),
+    Case("bad-store-retry-window", "MMMO_STORE_RETRY_SECONDS='soon': is not a number",
+         "set it to e.g. 300", lambda c: (
+             c.monkeypatch.setenv("MMMO_STORE_RETRY_SECONDS", "soon"), ["run", c.spec()])[1]),
     Case("study-name-with-slash", "study: must be 1-63 lowercase", "rename it",
          lambda c: ["run", c.spec(), "--study", "a/b"]),
     Case("study-name-dotdot", "study: must be 1-63 lowercase", "rename it",
