@@ -6,6 +6,7 @@ message and where the log is).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -185,11 +186,15 @@ class _Progress:
             self.bar.update(self.task, completed=n, description=activity())
 
     def __exit__(self, *exc: object) -> None:
+        """Stop polling; count the trials once more unless the run failed (the store may be
+        why: its error must surface now, not be replaced by this count's own)."""
         self.stop.set()
         self.thread.join(timeout=3)
         try:
-            self.bar.update(self.task, completed=len(self.store.list("trials")),
-                            description="")
+            if exc[0] is None:
+                with contextlib.suppress(Exception):  # progress is best effort
+                    self.bar.update(self.task, completed=len(self.store.list("trials")),
+                                    description="")
         finally:
             self.bar.stop()
 

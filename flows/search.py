@@ -96,10 +96,10 @@ def search_iteration(study_url: str, iteration: int, progress_id: str | None = N
         last_on_slot[slot] = [rec]
         records.append(rec)
     wait(records)
-    for rec in records:
+    for rec in records:  # a record that could not be written ends the run with its own error
         rec.result()
-        if progress_id:
-            update_progress_artifact(progress_id, _percent(sess))
+    if progress_id:
+        update_progress_artifact(progress_id, _percent(sess))
     update_surrogate(study_url, iteration)
     _trial_table(sess, iteration)
 

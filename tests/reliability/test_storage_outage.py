@@ -2,17 +2,22 @@
 (without Prefect, and as the Prefect flow).
 
 Between the study store and moto's S3 server sits a TCP proxy that, when the search writes its
-second trial record, drops that request and then refuses every connection for a few seconds,
-longer than botocore's and s3fs's own retries last: as a stopped and restarted S3 server whose
-data survives. The store retries with backoff (:meth:`mmmo.study.StudyStore._retrying`), so the
-search (run without Prefect, :func:`mmmo.runtime.run_inline`) records every trial once.
+second trial record, drops that request and then refuses every connection: as a stopped and
+restarted S3 server whose data survives. Without Prefect the endpoint comes back OUTAGE_S
+seconds after the study store logged its first retry, so the outage always outlasts botocore's
+and s3fs's own retries (which alone last 2 to 6 s here). The store retries with backoff
+(:meth:`mmmo.study.StudyStore._retrying`), so the search (run without Prefect,
+:func:`mmmo.runtime.run_inline`) records every trial once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +25,7 @@ from typing import Any
 
 import pytest
 
-OUTAGE_S = float(__import__("os").environ.get("MMMO_TEST_OUTAGE_S", "5"))
+OUTAGE_S = float(os.environ.get("MMMO_TEST_OUTAGE_S", "5"))
 
 
 class FlakyEndpoint:
@@ -28,10 +33,12 @@ class FlakyEndpoint:
 
     Once a client->server chunk contains ``trigger``, that connection is dropped, every open
     connection is closed and the listening socket is shut for ``seconds`` (connections are
-    refused), then it listens again on the same port.
+    refused), then it listens again on the same port; with ``seconds=None`` it stays down until
+    :meth:`restore`.
     """
 
-    def __init__(self, upstream: tuple[str, int], trigger: bytes, seconds: float) -> None:
+    def __init__(self, upstream: tuple[str, int], trigger: bytes,
+                 seconds: float | None) -> None:
         self.upstream, self.trigger, self.seconds = upstream, trigger, seconds
         self.port = 0
         self.outages = 0
@@ -91,20 +98,23 @@ class FlakyEndpoint:
                     conn.shutdown(socket.SHUT_RDWR)
             self._conns.clear()
 
-        def back() -> None:
-            time.sleep(self.seconds)
-            for _ in range(50):  # the port may take a moment to be free again
-                if self._stopped:
-                    return
-                try:
-                    self._listen()
-                    self.error = None
-                    return
-                except OSError as exc:
-                    self.error = exc
-                    time.sleep(0.1)
+        if self.seconds is not None:
+            seconds = self.seconds
+            threading.Thread(target=lambda: (time.sleep(seconds), self.restore()),
+                             daemon=True).start()
 
-        threading.Thread(target=back, daemon=True).start()
+    def restore(self) -> None:
+        """Listen again on the same port (end of the outage)."""
+        for _ in range(50):  # the port may take a moment to be free again
+            if self._stopped:
+                return
+            try:
+                self._listen()
+                self.error = None
+                return
+            except OSError as exc:
+                self.error = exc
+                time.sleep(0.1)
 
     def close(self) -> None:
         self._stopped = True
@@ -116,6 +126,20 @@ class FlakyEndpoint:
         with contextlib.suppress(OSError):
             server.shutdown(socket.SHUT_RDWR)
         server.close()
+
+
+class _BackAfterFirstRetry(logging.Handler):
+    """Ends the proxy's outage OUTAGE_S seconds after the study store logs its first retry."""
+
+    def __init__(self, proxy: FlakyEndpoint) -> None:
+        super().__init__(logging.WARNING)
+        self.proxy, self.timer = proxy, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.timer is None and "retrying" in record.getMessage():
+            self.timer = threading.Timer(OUTAGE_S, self.proxy.restore)
+            self.timer.daemon = True
+            self.timer.start()
 
 
 def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path: Path,
@@ -132,9 +156,10 @@ def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path
     s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(bucket)
     host, port = s3_endpoint.removeprefix("http://").split(":")
     proxy = FlakyEndpoint((host, int(port)), b"PUT /mmmo-outage/studies/outage/trials/0001.json",
-                          OUTAGE_S)
+                          None)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setattr(StudyStore, "retry_seconds", 4 * OUTAGE_S)  # bounded, should it fail
+    monkeypatch.setattr(StudyStore, "retry_seconds", 8 * OUTAGE_S)  # bounded, should it fail
+    logging.getLogger("mmmo.study").addHandler(back := _BackAfterFirstRetry(proxy))
     s3fs.S3FileSystem.clear_instance_cache()
     try:
         spec = parse_spec(tiny_spec(f"s3://{bucket}/studies", name="outage",
@@ -147,9 +172,10 @@ def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path
         with caplog.at_level(logging.WARNING, logger="mmmo.study"):
             assert run_inline(search)
         seconds = time.monotonic() - started
-        print(f"search with an {OUTAGE_S:g} s outage: {seconds:.1f} s")
+        print(f"search with a {OUTAGE_S:g} s outage: {seconds:.1f} s")
         trials = search.store.trials()
     finally:
+        logging.getLogger("mmmo.study").removeHandler(back)
         proxy.close()
         s3fs.S3FileSystem.clear_instance_cache()
     assert proxy.error is None
@@ -186,7 +212,7 @@ def test_flow_survives_an_s3_outage(prefect_harness: None, s3_endpoint: str, tin
         started = time.monotonic()
         run = mmmo_cli("run", str(spec), "--study", "outage-flow")
         seconds = time.monotonic() - started
-        print(f"flow with an {OUTAGE_S:g} s outage: {seconds:.1f} s")
+        print(f"flow with a {OUTAGE_S:g} s outage: {seconds:.1f} s")
         store = StudyStore(storage, "outage-flow")
         trials = store.trials()
         final = store.read_json("final.json") if store.exists("final.json") else None
@@ -203,12 +229,15 @@ def test_flow_survives_an_s3_outage(prefect_harness: None, s3_endpoint: str, tin
 
 def test_an_outage_past_the_retries_fails_in_one_line_and_resume_loses_nothing(
         prefect_harness: None, s3_endpoint: str, tiny_spec: Any, write_spec: Any,
-        tmp_path: Path, mmmo_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An outage longer than the study store's retries (cut to 1 s here, 300 s by default)
-    ends ``mmmo run`` (the Prefect flow) with exit 1 and one line naming the store, what it was
-    doing and the fix; once the store is back, ``mmmo resume`` finishes the search: the trial
-    recorded before the outage is kept as it was, none is recorded twice."""
+        tmp_path: Path, mmmo_cli: Any) -> None:
+    """An outage longer than the study store's retries (``MMMO_STORE_RETRY_SECONDS``, 300 s by
+    default, 1 s here) ends ``mmmo run`` (the Prefect flow, in its own process) with exit 1
+    and one line naming the store, what it was doing and the fix. The store stays down until
+    that process has exited, so the run cannot give its lease back; once the store is back,
+    ``mmmo resume`` takes the dead run's lease over and finishes the search: the trial recorded
+    before the outage is kept as it was, none is recorded twice."""
     import s3fs
+    from prefect.settings import get_current_settings
 
     from mmmo.study import StudyStore
 
@@ -216,27 +245,25 @@ def test_an_outage_past_the_retries_fails_in_one_line_and_resume_loses_nothing(
     s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(bucket)
     host, port = s3_endpoint.removeprefix("http://").split(":")
     proxy = FlakyEndpoint((host, int(port)),
-                          f"PUT /{bucket}/studies/{study}/trials/0001.json".encode(), 6.0)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setattr(StudyStore, "retry_seconds", 1.0)
-    s3fs.S3FileSystem.clear_instance_cache()
+                          f"PUT /{bucket}/studies/{study}/trials/0001.json".encode(), None)
     storage = f"s3://{bucket}/studies"
     spec = write_spec(tmp_path / "outage.yaml", tiny_spec(
         storage, name=study, heldout=[],
         objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml", "limit": 4}]},
         optimizer={"strategy": "random", "n_init": 2, "iterations": 0}))
+    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "MMMO_STORE_RETRY_SECONDS": "1",
+           "PREFECT_API_URL": str(get_current_settings().api.url), "COLUMNS": "250",
+           "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL", "TQDM_DISABLE": "1"}
     try:
-        failed = mmmo_cli("run", str(spec), "--study", study)
+        failed = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec),
+                                 "--study", study], capture_output=True, text=True, env=env,
+                                timeout=600)
         assert proxy.outages == 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # until the endpoint answers again
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1",
-                                                                         proxy.port), 1):
-                break
-            time.sleep(0.2)
+        proxy.restore()
         s3fs.S3FileSystem.clear_instance_cache()
         store = StudyStore(storage, study)
         before = {n: store.read_bytes(f"trials/{n}") for n in store.list("trials")}
+        left = store.read_lease()
         resumed = mmmo_cli("resume", study, "--storage", storage)
         after = StudyStore(storage, study)
         trials = after.trials()
@@ -246,7 +273,8 @@ def test_an_outage_past_the_retries_fails_in_one_line_and_resume_loses_nothing(
     finally:
         proxy.close()
         s3fs.S3FileSystem.clear_instance_cache()
-    assert failed.code == 1, (failed.stdout[-2000:], failed.stderr[-3000:])
+    assert proxy.error is None
+    assert failed.returncode == 1, (failed.stdout[-2000:], failed.stderr[-3000:])
     lines = [line for line in failed.stderr.strip().splitlines() if line.strip()]
     assert lines[-2].startswith("failed: study store " + storage + "/" + study), lines
     assert "did not answer" in lines[-2] and "trials/0001.json" in lines[-2], lines[-2]
@@ -254,6 +282,7 @@ def test_an_outage_past_the_retries_fails_in_one_line_and_resume_loses_nothing(
         in lines[-2], lines[-2]
     assert lines[-1].strip().startswith("log: "), lines
     assert list(before) == ["0000.json"]  # trial 0 was recorded before the outage
+    assert left is not None and left.pid != os.getpid() and left.is_stale()  # a dead run's
     assert resumed.code == 0, (resumed.stdout[-2000:], resumed.stderr[-3000:])
     assert [t.number for t in trials] == [0, 1]
     assert all(t.status == "complete" for t in trials), [t.error for t in trials]
