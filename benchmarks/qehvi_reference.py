@@ -32,27 +32,14 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROBLEMS = {"DTLZ2(6,3)": ("DTLZ2", {"dim": 6, "num_objectives": 3}),
-            "BraninCurrin(2,2)": ("BraninCurrin", {})}
+from benchmarks.optimizer_hv import make_problem, normalised_hv
+
+PROBLEMS = ["DTLZ2(6,3)", "BraninCurrin(2,2)"]  # of optimizer_hv.PROBLEMS
 N_INIT, BATCH, ITERATIONS = 10, 5, 4
-
-
-def _problem(name: str):
-    from botorch.test_functions import multi_objective
-
-    cls_name, kwargs = PROBLEMS[name]
-    return getattr(multi_objective, cls_name)(negate=True, **kwargs)
-
-
-def _nhv(problem, Y: np.ndarray) -> float:
-    from mmmo.optimization import hypervolume
-
-    return hypervolume(Y, problem.ref_point.numpy()) / float(problem.max_hv)
 
 
 def _evaluate(problem, X: torch.Tensor) -> torch.Tensor:
@@ -85,7 +72,7 @@ def reference(problem, seed: int) -> float:
         cand, _ = optimize_acqf(acqf, bounds=bounds, q=BATCH, num_restarts=10,
                                 raw_samples=512, sequential=True)
         X, Y = torch.cat([X, cand]), torch.cat([Y, _evaluate(problem, cand)])
-    return _nhv(problem, Y.numpy())
+    return normalised_hv(Y.numpy(), problem)
 
 
 def ours(problem, seed: int, strategy: str = "qehvi") -> float:
@@ -97,7 +84,7 @@ def ours(problem, seed: int, strategy: str = "qehvi") -> float:
     while opt.n_told < N_INIT + ITERATIONS * BATCH:
         X = opt.ask(N_INIT if opt.n_told == 0 else BATCH)
         opt.tell(X, _evaluate(problem, torch.as_tensor(X)).numpy())
-    return _nhv(problem, opt.Y)
+    return normalised_hv(opt.Y, problem)
 
 
 def main() -> None:
@@ -108,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     for name in PROBLEMS:
-        problem = _problem(name)
+        problem = make_problem(name)
         rows = {"reference (BoTorch tutorial)": [], "ours (qehvi)": [], "random": []}
         for seed in range(args.seeds):
             rows["reference (BoTorch tutorial)"].append(reference(problem, seed))
