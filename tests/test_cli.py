@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -157,11 +156,12 @@ def _chromium() -> str | None:
         shutil.which("google-chrome")
 
 
-def test_html_report_opens_in_headless_chromium(study: dict[str, Any], tmp_path: Path) -> None:
+def test_html_report_opens_in_headless_chromium(study: dict[str, Any], tmp_path: Path,
+                                                free_port: int) -> None:
     browser = _chromium()
     assert browser, "Chromium is missing: scripts/setup.sh installs it (apt-get install chromium)"
     html = Path(study["storage"]) / study["name"] / "reports" / "report.html"
-    port = _free_port()
+    port = free_port
     proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
                              "--disable-quic", "--no-first-run", "--disable-sync",
                              "--disable-background-networking", "--disable-component-update",
@@ -178,12 +178,6 @@ def test_html_report_opens_in_headless_chromium(study: dict[str, Any], tmp_path:
     assert result["title"] == f"mm-mo {study['name']}"
     assert result["tables"] >= 1
     assert (tmp_path / "shot.png").stat().st_size > 10_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _open_page(port: int, url: str, shot: Path) -> dict[str, Any]:

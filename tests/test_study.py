@@ -143,16 +143,11 @@ def test_a_failing_block_releases_the_lease_and_keeps_its_own_error(
 
 
 def test_store_that_stays_away_fails_in_one_line_naming_the_fix(
-        s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        s3_bucket: str, free_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past its retry window (``MMMO_STORE_RETRY_SECONDS``, 300 s by default) a remote store
     that does not answer is one StorageUnavailableError naming the store, the operation and how
     to resume."""
-    import socket
-
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port}")
     monkeypatch.setenv("MMMO_STORE_RETRY_SECONDS", "1")
     import s3fs
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,14 +61,8 @@ def _sources(*extra: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"path": "fixture:models/dbl"}, *extra]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again on exit: connections are refused
-
-
 def _unreachable_s3(ctx: Ctx) -> list[str]:
-    ctx.monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    ctx.monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{ctx.fixture('free_port')}")
     ctx.monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     ctx.monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     ctx.monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
