@@ -251,9 +251,9 @@ def test_an_outage_past_the_retries_fails_in_one_line_and_resume_loses_nothing(
         storage, name=study, heldout=[],
         objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml", "limit": 4}]},
         optimizer={"strategy": "random", "n_init": 2, "iterations": 0}))
+    # os.environ already holds the console settings mmmo_cli sets for the in-process runs
     env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "MMMO_STORE_RETRY_SECONDS": "1",
-           "PREFECT_API_URL": str(get_current_settings().api.url), "COLUMNS": "250",
-           "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL", "TQDM_DISABLE": "1"}
+           "PREFECT_API_URL": str(get_current_settings().api.url)}
     try:
         failed = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec),
                                  "--study", study], capture_output=True, text=True, env=env,
