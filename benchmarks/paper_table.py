@@ -76,13 +76,13 @@ def _full(task: Any) -> Any:
     return task.model_copy(update={"limit": None})
 
 
-def _score(slot: Any, target: Any, task: Any, cache: dict[str, Any], key: str) -> float:
-    """Score (cached by ``key``) of the slot's current model on ``task``."""
+def _score(slot: Any, task: Any, cache: dict[str, Any], key: str) -> float:
+    """Score (cached by ``key``) of what the slot serves now on ``task``."""
     from mmmo.evaluation import EvalFailure, evaluate_benchmark
 
     if key not in cache:
-        out = evaluate_benchmark(target.model, target.tokenizer, task,
-                                 batch_size=slot.spec.compute.batch_size)
+        model, tokenizer = slot.backend.target()
+        out = evaluate_benchmark(model, tokenizer, task, batch_size=slot.spec.compute.batch_size)
         cache[key] = math.nan if isinstance(out, EvalFailure) else out.score
     return cache[key]
 
@@ -94,8 +94,11 @@ def _row(slot: Any, search_space: Any, tasks: list[Any], *, recipe: Any = None,
     for task in tasks:
         key = f"full-{ident}-{task.label}"
         if key not in cache:
-            target = slot.ensure(recipe) if recipe is not None else slot.ensure_reference(model)
-            _score(slot, target, task, cache, key)
+            if recipe is not None:
+                slot.serve(recipe)
+            else:
+                slot.serve_model(model, f"model-{search_space.fingerprint_of(model)}")
+            _score(slot, task, cache, key)
         scores[task.label] = cache[key]
     return scores
 
@@ -116,12 +119,13 @@ def _run_seed(job: tuple[argparse.Namespace, int, str, str]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    from mmmo.runtime import Slot, run_inline
+    from mmmo.engine import run_inline
+    from mmmo.engine.slots import Slot
     from mmmo.search import Search
 
     base = _spec(args, storage=str(Path(workdir) / f"seed{seed}"))
     cache: dict[str, Any] = {}
-    slot = Slot(base, "cpu")
+    slot = Slot(base, 0, "cpu")
     tasks = [_full(t) for t in base.objectives.tasks] + [_full(t) for t in base.heldout]
     out: dict[str, Any] = {"seed": seed, "rows": {}, "seconds": {}}
     for name, strategy, settings, sparsity in SEARCHES:
@@ -139,7 +143,7 @@ def _run_seed(job: tuple[argparse.Namespace, int, str, str]) -> dict[str, Any]:
         spec = parse_spec(data)
         search = Search.open(spec, preflight=False)
         started = time.perf_counter()
-        run_inline(search, slot=slot, cache=cache)
+        run_inline(search, preflight=False)
         out["seconds"][name] = time.perf_counter() - started
         pick = _best_mean(search)
         recipe = search.space.recipe(pick.recipe)
@@ -167,11 +171,11 @@ def _fixed_rows(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, f
     import torch
 
     torch.set_num_threads(args.threads)
-    from mmmo.runtime import Slot
+    from mmmo.engine.slots import Slot
     from mmmo.space import SearchSpace
 
     spec = _spec(args, storage=str(Path(workdir) / "fixed"))
-    slot = Slot(spec, "cpu")
+    slot = Slot(spec, 0, "cpu")
     space = SearchSpace.from_spec(spec)
     tasks = [_full(t) for t in spec.objectives.tasks] + [_full(t) for t in spec.heldout]
     cache: dict[str, Any] = {}

@@ -176,7 +176,7 @@ class _Progress:
         return self
 
     def _poll(self) -> None:
-        from mmmo.runtime import activity
+        from mmmo.engine.activity import activity
 
         while not self.stop.wait(1.0):
             try:

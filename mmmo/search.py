@@ -1,15 +1,15 @@
 """The search, Prefect-free: open a study, propose batches, record trials, pick the winner.
 
 The study store is the source of truth. The optimizer is rebuilt for every proposal by
-replaying the recorded trials batch by batch (strategies are deterministic given their seed
-and told data), so a search killed at any point resumes from its store alone:
+replaying the recorded trials (batch by batch, or in the order they finished for an
+asynchronous search; strategies are deterministic given their seed and told data), so a search
+killed at any point resumes from its store alone:
 
 - a proposal is written before any of it is evaluated; on resume its unfinished trials are
   evaluated as proposed, never re-proposed;
 - a finished trial is never evaluated again.
 
-The Prefect flow in ``flows/search.py`` sequences these functions as cached, retried tasks;
-``benchmarks/`` call them directly.
+The engine (:mod:`mmmo.engine`) runs the search with these functions on any executor.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mmmo._crash import crash_point
 from mmmo.errors import MmmoError, SpecError
+from mmmo.hooks import crash_point
 from mmmo.optimization import Constraint, Optimizer, make_optimizer, pick
 from mmmo.spec import SearchSpec
 from mmmo.study import Proposal, ProposedTrial, StudyStore, TrialRecord
@@ -80,6 +80,16 @@ class Search:
         self.names = spec.objective_names()
         self.task_objectives = [o.label for o in spec.objectives.tasks]
         self.batches = plan(spec)
+        self._outcomes: Any = None
+
+    @property
+    def outcomes(self) -> Any:
+        """The result store of the study's storage (:class:`~mmmo.engine.outcomes.OutcomeStore`)."""
+        if self._outcomes is None:
+            from mmmo.engine.outcomes import OutcomeStore
+
+            self._outcomes = OutcomeStore(self.store.storage)
+        return self._outcomes
 
     @classmethod
     def open(cls, spec: SearchSpec, *, preflight: bool = True,
@@ -114,15 +124,20 @@ class Search:
                               n_init=opt.n_init, rounding=self.spec.merge.rounding,
                               task_objectives=list(range(n_tasks)), **opt.settings)
 
-    def replay(self, trials: Sequence[TrialRecord], *, upto: int) -> Optimizer:
-        """An optimizer told every recorded trial of the iterations before ``upto``.
+    def replay(self, trials: Sequence[TrialRecord], *, upto: int | None) -> Optimizer:
+        """An optimizer told the recorded trials.
 
-        Trials are told batch by batch in iteration order, as an uninterrupted run told them.
+        ``batch``: those of the iterations before ``upto``, batch by batch in iteration order,
+        as an uninterrupted run told them. ``async`` (or ``upto`` None): every trial, in the
+        order trials finished.
         """
         optimizer = self.new_optimizer()
-        for batch in self.batches[:upto]:
-            rows = sorted((t for t in trials if t.iteration == batch.iteration),
-                          key=lambda t: t.number)
+        if upto is None or self.spec.optimizer.schedule == "async":
+            groups = [sorted(trials, key=_finish_order)]
+        else:
+            groups = [sorted((t for t in trials if t.iteration == batch.iteration),
+                             key=lambda t: t.number) for batch in self.batches[:upto]]
+        for rows in groups:
             if not rows:
                 continue
             X = np.array([t.x for t in rows], dtype=float)
@@ -158,7 +173,35 @@ class Search:
                                           recipe=recipe_json(recipe)))
         proposal = Proposal(iteration=iteration, trials=proposed,
                             strategy=self.spec.optimizer.strategy,
-                            seconds=time.perf_counter() - start)
+                            sequence=len(existing), seconds=time.perf_counter() - start)
+        self.store.write_proposal(proposal)
+        return proposal
+
+    def propose_next(self, running: Sequence[int]) -> Proposal:
+        """An asynchronous search's next recipe (one), written before it is evaluated.
+
+        The optimizer is told every recorded trial in the order they finished, with the
+        recipes of the trials ``running`` (and of any other unfinished proposal) as pending
+        points.
+        """
+        proposals = self.store.proposals()
+        trials = self.store.trials()
+        done = {t.number for t in trials}
+        pending = [t for p in proposals for t in p.trials if t.number not in done]
+        del running  # every unfinished proposal is pending, running or not
+        numbers = {t.number for p in proposals if p.kind == "new" for t in p.trials}
+        number = max(numbers, default=-1) + 1
+        sequence = len(proposals)
+        start = time.perf_counter()
+        X_pending = np.array([t.x for t in pending], dtype=float).reshape(-1, self.space.dim)
+        x = self.replay(trials, upto=None).ask(1, pending=X_pending)[0]
+        crash_point(f"propose:{sequence}:asked")
+        recipe = self.space.decode(x)
+        proposal = Proposal(iteration=sequence, sequence=sequence, strategy=self.spec.optimizer
+                            .strategy, seconds=time.perf_counter() - start, trials=[
+                                ProposedTrial(number=number, x=[float(v) for v in x],
+                                              recipe_id=recipe.recipe_id,
+                                              recipe=recipe_json(recipe))])
         self.store.write_proposal(proposal)
         return proposal
 
@@ -178,10 +221,11 @@ class Search:
         self.update_surrogate(iteration)
         return True
 
-    def update_surrogate(self, iteration: int) -> dict[str, Any]:
-        """Tell the optimizer ``iteration``'s results; store its state; return progress."""
+    def update_surrogate(self, iteration: int | None) -> dict[str, Any]:
+        """Tell the optimizer the results up to ``iteration`` (None: every recorded trial);
+        store its state; return progress."""
         trials = self.store.trials()
-        optimizer = self.replay(trials, upto=iteration + 1)
+        optimizer = self.replay(trials, upto=None if iteration is None else iteration + 1)
         self.store.write_json("optimizer.json", optimizer.state_dict())
         complete = [t for t in trials if t.status == "complete"]
         return {"iteration": iteration, "trials": len(trials), "complete": len(complete),
@@ -204,13 +248,19 @@ class Search:
 
     def trial_record(self, proposed: ProposedTrial, iteration: int, *, evaluation: Any,
                      merge: Mapping[str, Any] | None, error: Mapping[str, Any] | None = None,
-                     timings: Mapping[str, float] | None = None,
-                     worker: str = "") -> TrialRecord:
+                     timings: Mapping[str, float] | None = None, worker: str = "",
+                     documents: Mapping[str, int] | None = None) -> TrialRecord:
         """A trial's record from its :meth:`assemble`'d evaluation and its merge info.
 
         A failed benchmark (or merge) makes the trial failed, with the first failure as its
-        typed error; the optimizer is told NaN for what failed.
+        typed error; the optimizer is told NaN for what failed. Its ``order`` is the number of
+        trials recorded before it (kept when a promoted trial's record is rewritten).
         """
+        try:
+            order = TrialRecord.model_validate(
+                self.store.read_json(f"trials/{proposed.number:04d}.json")).order
+        except FileNotFoundError:
+            order = len(self.store.list("trials"))
         failures = [f.model_dump(mode="json", exclude={"traceback"})
                     for f in evaluation.failures]
         if error is None and failures:
@@ -218,7 +268,8 @@ class Search:
                      f"{failures[0]['message']}"[:500], "failures": failures}
         return TrialRecord(
             number=proposed.number, iteration=iteration, recipe_id=proposed.recipe_id,
-            x=proposed.x, recipe=proposed.recipe,
+            x=proposed.x, recipe=proposed.recipe, level=proposed.level, order=order,
+            documents=dict(documents or {}),
             params=self.space.recipe(proposed.recipe).params_table(),
             status="failed" if error is not None or evaluation.failed else "complete",
             objectives=dict(zip(evaluation.names, map(_finite, evaluation.raw_values),
@@ -229,25 +280,29 @@ class Search:
             benchmarks={o.task: o.model_dump(mode="json") for o in evaluation.outcomes},
             error=dict(error) if error else None, timings=dict(timings or {}), worker=worker)
 
-    # ------------------------------------------------------------------ cache keys
+    # ------------------------------------------------------------------ what a trial scores
 
-    def benchmark_key(self, recipe_id: str, task_name: str) -> str:
-        """The key of a recipe's score on a task (what a stored score is re-used under)."""
-        from mmmo.evaluation import benchmark_key
+    def trial_benchmarks(self, level: int) -> dict[str, list[Any]]:
+        """The document ranges of each task objective a trial at ``level`` is scored on.
 
-        return benchmark_key(recipe_id, self.spec.task(task_name),
-                             model_fingerprints=self.space.fingerprints)
+        Without multi-fidelity: one range per task, the task's ``limit`` (its seeded subsample).
+        """
+        from mmmo.evaluation.tasks import DocRange
 
-    def reference_key(self, model: str, task_name: str) -> str:
-        """The key of a single model's (base or source, by label) score on a task."""
-        import hashlib
+        del level
+        return {t.label: [DocRange(stop=t.limit)] for t in self.spec.objectives.tasks}
 
-        from mmmo.evaluation import benchmark_key
+    def combine(self, task_name: str, outcomes: Sequence[Any]) -> Any:
+        """A task's outcome over several document ranges (a failure if any range failed)."""
+        del task_name
+        failed = [o for o in outcomes if getattr(o, "status", "") == "failed"]
+        return failed[0] if failed else outcomes[0]
 
-        fingerprint = self.space.fingerprint_of(model)
-        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-        return benchmark_key(f"model-{digest}", self.spec.task(task_name),
-                             model_fingerprints=[fingerprint])
+    def final_docs(self, task_name: str) -> Any:
+        """The documents the final table scores a task on."""
+        from mmmo.evaluation.tasks import DocRange
+
+        return DocRange(stop=self.spec.task(task_name).limit)
 
     # ------------------------------------------------------------------ the final table
 
@@ -365,6 +420,10 @@ def _describe(c: Any) -> str:
     if c.max is not None:
         parts.append(f"{c.objective} <= {c.max:g}")
     return " and ".join(parts)
+
+
+def _finish_order(t: TrialRecord) -> tuple[int, int]:
+    return (t.order if t.order is not None else t.number, t.number)
 
 
 def _finite(value: float) -> float | None:

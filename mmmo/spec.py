@@ -365,6 +365,10 @@ class OptimizerSpec(_Frozen):
     batch_size: int = Field(default=5, ge=1)
     iterations: int = Field(default=4, ge=0)
     seed: int = 0
+    schedule: Literal["batch", "async"] = "batch"
+    """``batch``: the paper's synchronous iterations (propose ``batch_size``, evaluate them all,
+    update); ``async``: whenever a slot frees, ask for one recipe with the trials in flight as
+    pending points (no slot waits for the slowest trial of a batch). The budget is the same."""
     settings: dict[str, Any] = Field(default_factory=dict)
     """Strategy settings, validated by the strategy's own settings model."""
 
@@ -467,10 +471,33 @@ class ComputeSpec(_Frozen):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int | Literal["auto"] = 32
     max_concurrent_trials: int = Field(default=1, ge=1)
-    runner: Literal["threads", "ray", "dask"] = "threads"
+    """Device slots: trials evaluated at the same time (threads in this process, or Dask
+    workers with ``runner: dask``)."""
+    runner: Literal["threads", "dask"] = "threads"
+    """Where trials run: ``threads`` of this process (one slot per device), or the workers of a
+    Dask cluster (one slot per worker, each holding its resident models)."""
     runner_address: str | None = None
+    """``runner: dask``: the scheduler to attach to (``tcp://host:8786``); unset, a local cluster
+    of ``max_concurrent_trials`` worker processes is started for the run."""
     trust_remote_code: bool = False
     """Let transformers run Python code shipped with the models; off unless a spec sets it."""
+
+    @field_validator("runner", mode="before")
+    @classmethod
+    def _check_runner(cls, runner: Any) -> Any:
+        if runner == "ray":
+            raise FieldProblem("Ray is not supported", "use runner: dask (a Dask cluster: "
+                               "`pip install -e .[dask]`, see the README's two-machine recipe)",
+                               value=runner, has_value=True)
+        return runner
+
+    @model_validator(mode="after")
+    def _check_address(self) -> ComputeSpec:
+        if self.runner_address is not None and self.runner != "dask":
+            raise FieldProblem("is only used with runner: dask", "set runner: dask, or remove "
+                               "runner_address", field="runner_address",
+                               value=self.runner_address, has_value=True)
+        return self
 
     @field_validator("device")
     @classmethod

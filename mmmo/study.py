@@ -5,13 +5,13 @@ Layout under ``<storage>/<study>/``::
     spec.yaml                 the spec the study was created with (every default written out)
     study.json                objective names, search-space names, mm-mo version, created time
     lease.json                which run holds the study, until when (heartbeat-renewed)
-    proposals/0003.json       iteration 3's proposed batch, written BEFORE it is evaluated
+    proposals/0003.json       the 4th proposal (a batch iteration's recipes, one recipe of an
+                              asynchronous search, or promotions to a higher fidelity level),
+                              written BEFORE any of it is evaluated
     trials/0017.json          one whole trial: recipe, x, objectives, stderrs, status, error,
-                              timings, per-benchmark lm-eval results
+                              timings, per-benchmark lm-eval results, the order it finished in
     optimizer.json            the optimizer's state after the last update (for inspection;
                               resuming replays trials, so the store alone is enough)
-    outcomes/<key>.json       one finished benchmark (or merge info) by its cache key, written
-                              as soon as it is known: a resumed run re-uses it
     final.json                the pick, the score table and the export, once finished
     exports/<recipe_id>/      exported HF folders + mergekit YAML
     reports/                  report.md / report.html / PNGs
@@ -21,6 +21,9 @@ target; on object stores (s3://) one object is one PUT, which readers see whole 
 A record is therefore never seen half-written, and a crash leaves at most a stray temp file
 (or a partial export folder), which the next run removes when it takes the lease
 (:meth:`StudyStore.sweep`).
+
+Finished benchmarks and merge infos live beside the studies, in the result store
+``<storage>/.outcomes/`` (:mod:`mmmo.engine.outcomes`), shared by every study of the storage.
 
 Credentials and endpoints of remote stores come from the usual environment variables
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for S3-compatible
@@ -48,17 +51,12 @@ import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmmo import __version__
-from mmmo._crash import crash_point
-from mmmo.errors import LeaseHeldError, SpecError, StorageUnavailableError, StudyError
+from mmmo.errors import LeaseHeldError, SpecError, StudyError
+from mmmo.fsfolder import FsFolder
 from mmmo.spec import _STUDY, SearchSpec, parse_spec
 
 __all__ = ["Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage", "check_study",
            "search_fields_differ"]
-
-#: botocore settings of a study store on S3: few driver retries, so that a store that does not
-#: answer reaches :meth:`StudyStore._retrying` (which backs off and logs) within seconds.
-STORE_S3_CONFIG = {"connect_timeout": 10, "read_timeout": 60,
-                   "retries": {"max_attempts": 3, "mode": "standard"}}
 
 #: botocore settings of the pre-flight probe of an S3 store: an unreachable endpoint fails in
 #: seconds instead of minutes of retries.
@@ -83,22 +81,39 @@ class _Record(BaseModel):
 
 
 class ProposedTrial(_Record):
-    """One recipe of a proposed batch."""
+    """One unit of work of a proposal: a recipe to evaluate at a fidelity level.
+
+    ``level`` 0 is a new recipe (the lowest level, or the only one); a higher level promotes
+    the recipe of trial ``number`` (already evaluated at the level below) to that level.
+    """
 
     number: int
     x: list[float]
     recipe_id: str
     recipe: dict[str, Any]
+    level: int = 0
 
 
 class Proposal(_Record):
-    """A batch the optimizer proposed, stored before any of it is evaluated."""
+    """What the engine decided to evaluate next, stored before any of it is evaluated.
+
+    ``kind`` ``new``: recipes the optimizer proposed (a batch iteration's, or one recipe of an
+    asynchronous search); ``promote``: recipes promoted to a higher fidelity level.
+    ``sequence`` orders every proposal of the study (its file name); ``iteration`` is the
+    batch iteration a proposal belongs to (in an asynchronous search, its sequence).
+    """
 
     iteration: int
     trials: list[ProposedTrial]
     strategy: str
+    kind: Literal["new", "promote"] = "new"
+    sequence: int = -1
     seconds: float = 0.0
     created_at: str = Field(default_factory=utcnow)
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.sequence < 0:  # studies from before sequences: one proposal per iteration
+            self.sequence = self.iteration
 
 
 class TrialRecord(_Record):
@@ -112,6 +127,13 @@ class TrialRecord(_Record):
     params: dict[str, float | list[float]] = Field(default_factory=dict)
     """The recipe's searched values, flat (``"<source>.<parameter>"``), for tables."""
     status: TrialStatus
+    level: int = 0
+    """The fidelity level the objectives were measured at (0 without multi-fidelity)."""
+    order: int | None = None
+    """How many trial records were written before this one first was: the order trials
+    finished in (an asynchronous search tells the optimizer in this order)."""
+    documents: dict[str, int] = Field(default_factory=dict)
+    """Documents scored per task objective (all levels so far together)."""
     objectives: dict[str, float | None] = Field(default_factory=dict)
     """Natural-scale values by objective name (score, or the L1 sparsity); None if failed."""
     values: list[float | None] = Field(default_factory=list)
@@ -165,47 +187,13 @@ def search_fields_differ(a: SearchSpec, b: SearchSpec) -> list[str]:
     return [k for k in SEARCH_FIELDS if da[k] != db[k]]
 
 
-#: Exception class names (anywhere in the MRO) of a remote store that did not answer: worth
-#: retrying. Botocore, aiohttp and the builtins; missing files and refusals are not transient.
-_TRANSIENT = frozenset({
-    "ConnectionError", "TimeoutError", "EndpointConnectionError", "ConnectionClosedError",
-    "ReadTimeoutError", "ConnectTimeoutError", "HTTPClientError", "ClientConnectorError",
-    "ServerDisconnectedError", "ClientOSError", "ClientPayloadError", "FSTimeoutError",
-})
-
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, FileNotFoundError | PermissionError | FileExistsError):
-        return False
-    return any(cls.__name__ in _TRANSIENT for cls in type(exc).__mro__)
-
-
-def _retry_window() -> float | None:
-    """``MMMO_STORE_RETRY_SECONDS``, checked: seconds a remote store is waited for, or None."""
-    raw = os.environ.get("MMMO_STORE_RETRY_SECONDS", "").strip()
-    if not raw:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise StudyError(f"MMMO_STORE_RETRY_SECONDS={raw!r}: is not a number of seconds >= 0; "
-                         "fix: set it to e.g. 300, or unset it for the default")
-    return seconds
-
-
-class StudyStore:
+class StudyStore(FsFolder):
     """Read and write one study under ``<storage>/<name>/`` through fsspec.
 
-    On a remote store, every read and write that fails because the store does not answer
-    (connection refused or reset, time-outs) is retried with backoff (0.5 s, doubling, at most
-    8 s between tries) for up to :attr:`retry_seconds`, on top of the driver's own retries: a
-    search waits out a restart of its S3 server instead of failing. The environment variable
-    ``MMMO_STORE_RETRY_SECONDS`` sets that window for every store of the process.
+    Remote calls are retried while the store does not answer (:class:`~mmmo.fsfolder.FsFolder`).
     """
 
-    retry_seconds: float = 300.0
+    kind = "study store"
 
     def __init__(self, storage: str, name: str, *,
                  storage_options: dict[str, Any] | None = None) -> None:
@@ -214,103 +202,12 @@ class StudyStore:
                              "dashes (no '/' or '..'); fix: rename it, e.g. 'fixture-demo'")
         self.storage = storage.rstrip("/")
         self.name = name
-        if (window := _retry_window()) is not None:
-            self.retry_seconds = window
-        options = dict(storage_options or {})
-        if self.storage.startswith(("s3://", "s3a://")):  # fail fast to _retrying, which waits
-            options.setdefault("config_kwargs", STORE_S3_CONFIG)
-        self.fs, root = fsspec.core.url_to_fs(self.storage, **options)
-        self.root = f"{root.rstrip('/')}/{name}"
-        self.url = f"{self.storage}/{name}"
-        self._local = "file" in _protocols(self.fs)
-        self._lease_stop: threading.Event | None = None
+        super().__init__(f"{self.storage}/{name}", storage_options=storage_options)
 
-    # ------------------------------------------------------------------ low level, atomic
-
-    def path(self, rel: str) -> str:
-        """Filesystem path of ``rel`` inside the study."""
-        return f"{self.root}/{rel}"
-
-    def url_of(self, rel: str) -> str:
-        """URL of ``rel`` inside the study (with the storage's protocol)."""
-        return f"{self.url}/{rel}"
-
-    def _retrying(self, what: str, fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, retried with backoff while a remote store does not answer."""
-        if self._local:
-            return fn(*args)
-        started = time.monotonic()
-        delay, deadline = 0.5, started + self.retry_seconds
-        while True:
-            try:
-                return fn(*args)
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                cause = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-                if time.monotonic() + delay > deadline:
-                    raise StorageUnavailableError(
-                        f"study store {self.url} did not answer for "
-                        f"{time.monotonic() - started:.0f} s ({what}: {cause}); fix: bring the "
-                        f"store back, then `mmmo resume {self.name} --storage {self.storage}`: "
-                        "every trial recorded so far is kept"
-                    ) from exc
-                LOG.warning("study store %s: %s failed (%s); retrying in %.1f s",
-                            self.url, what, cause, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
-
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write ``data`` to ``rel`` atomically (readers see old or new, never a part)."""
-        target = self.path(rel)
-        parent = target.rsplit("/", 1)[0]
-        crash_point(f"write:{rel}:before")
-        if self._local:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            crash_point(f"write:{rel}:staged")
-            os.replace(tmp, target)
-        else:
-            self._retrying(f"writing {rel}", self.fs.pipe_file, target, data)  # one PUT
-        crash_point(f"write:{rel}:done")
-
-    def write_json(self, rel: str, obj: Any) -> None:
-        """Write ``obj`` as JSON to ``rel`` atomically."""
-        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=False).encode())
-
-    def read_bytes(self, rel: str) -> bytes:
-        """Read ``rel``; FileNotFoundError if absent."""
-        return self._retrying(f"reading {rel}", self.fs.cat_file, self.path(rel))
-
-    def read_json(self, rel: str) -> Any:
-        """Read and parse the JSON document ``rel``."""
-        return json.loads(self.read_bytes(rel))
-
-    def exists(self, rel: str = "spec.yaml") -> bool:
-        """Whether ``rel`` exists in the study (default: whether the study exists)."""
-        return self._retrying(f"looking for {rel}", self._exists, self.path(rel))
-
-    def _exists(self, path: str) -> bool:
-        if self._local:
-            return self.fs.exists(path)
-        try:  # s3fs's exists() answers False when the store does not answer: ask info()
-            self.fs.info(path)
-            return True
-        except FileNotFoundError:
-            return False
-
-    def list(self, folder: str, suffix: str = ".json") -> list[str]:
-        """Names of the files in ``folder`` ending with ``suffix``, sorted."""
-        if not self.exists(folder):
-            return []
-        self.fs.invalidate_cache(self.path(folder))
-        names = [p.rsplit("/", 1)[-1] for p in
-                 self._retrying(f"listing {folder}", self.fs.ls, self.path(folder), False)]
-        return sorted(n for n in names if n.endswith(suffix) and not n.startswith(".tmp-"))
+    def resume_hint(self) -> str:
+        """Resume the study once its store answers again."""
+        return (f"bring the store back, then `mmmo resume {self.name} --storage "
+                f"{self.storage}`: every trial recorded so far is kept")
 
     # ------------------------------------------------------------------ spec and metadata
 
@@ -360,14 +257,19 @@ class StudyStore:
     # ------------------------------------------------------------------ proposals and trials
 
     def write_proposal(self, proposal: Proposal) -> None:
-        """Record a proposed batch (before it is evaluated)."""
-        self.write_json(f"proposals/{proposal.iteration:04d}.json",
+        """Record a proposal (before any of it is evaluated)."""
+        self.write_json(f"proposals/{proposal.sequence:04d}.json",
                         proposal.model_dump(mode="json"))
 
     def proposals(self) -> list[Proposal]:
-        """Every proposed batch, by iteration."""
-        return [Proposal.model_validate(self.read_json(f"proposals/{n}"))
-                for n in self.list("proposals")]
+        """Every proposal, in sequence order."""
+        names = self.list("proposals")
+        if not names:
+            return []
+        paths = [self.path(f"proposals/{n}") for n in names]
+        blobs = self._retrying("reading proposals", self.fs.cat, paths) if len(paths) > 1 \
+            else {paths[0]: self.read_bytes(f"proposals/{names[0]}")}
+        return [Proposal.model_validate_json(blobs[p]) for p in paths]
 
     def write_trial(self, record: TrialRecord) -> None:
         """Record a finished trial, whole, in its own document."""
@@ -383,23 +285,16 @@ class StudyStore:
             else {paths[0]: self.read_bytes(f"trials/{names[0]}")}
         return [TrialRecord.model_validate_json(blobs[p]) for p in paths]
 
-    def pending(self) -> list[ProposedTrial]:
-        """Proposed trials that have no record yet (to evaluate as proposed on resume)."""
-        done = {t.number for t in self.trials()}
-        return [t for p in self.proposals() for t in p.trials if t.number not in done]
+    def pending(self, trials: list[TrialRecord] | None = None,
+                proposals: list[Proposal] | None = None) -> list[ProposedTrial]:
+        """Proposed work with no record at its level yet (to evaluate as proposed on resume),
+        in proposal order."""
+        trials = self.trials() if trials is None else trials
+        levels = {t.number: t.level for t in trials}
+        proposals = self.proposals() if proposals is None else proposals
+        return [t for p in proposals for t in p.trials if levels.get(t.number, -1) < t.level]
 
     # ------------------------------------------------------------------ finished work
-
-    def read_outcome(self, key: str) -> Any | None:
-        """The stored outcome (JSON) of a benchmark or merge by its cache key, or None."""
-        try:
-            return self.read_json(f"outcomes/{key}.json")
-        except FileNotFoundError:
-            return None
-
-    def write_outcome(self, key: str, value: Any) -> None:
-        """Store a finished benchmark's (or merge's) outcome under its cache key."""
-        self.write_json(f"outcomes/{key}.json", value)
 
     def sweep(self) -> list[str]:
         """Remove what writers killed mid-write left: staged ``.tmp-*`` files and partial
@@ -614,6 +509,3 @@ def _held(name: str, lease: Lease) -> LeaseHeldError:
                           "and retry once the lease expires")
 
 
-def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
-    proto = fs.protocol
-    return {proto} if isinstance(proto, str) else set(proto)

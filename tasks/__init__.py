@@ -1,127 +1,104 @@
-"""Prefect tasks: thin wrappers over the Prefect-free core in :mod:`mmmo`.
+"""Prefect tasks: one line each over the engine's step functions (:mod:`mmmo.engine.steps`).
 
-Tasks take plain, JSON-able arguments (the study URL, a recipe as a dict, a slot index) and
-find the open study and its resident models through :func:`mmmo.runtime.session`.
-
-Caching: ``merge`` and ``evaluate_benchmark`` are cached across runs under keys built from
-the recipe id and what the task depends on (see :mod:`tasks.caching`), with results persisted
-as JSON to the study storage's result store. ``propose``, ``record`` and ``update_surrogate``
-read and write the study store itself, which is their cache: a stored proposal is returned
-as stored, a recorded trial is never evaluated again.
+Tasks take plain, JSON-able arguments (the study URL, a recipe or trial as a dict, a slot
+index, a document range) and find the open study and its slots through
+:func:`mmmo.engine.slots.session`. They keep no results and retry nothing of their own: each
+step looks its result up in the engine's result store (``<storage>/.outcomes``) under its one
+cache key and applies the spec's evaluation retries itself, so the flow, the inline executor
+and Dask workers share one cache and one retry policy.
 """
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from prefect import task
 
-from mmmo.errors import EvaluationError
-from mmmo.runtime import session, set_activity
-from tasks.caching import benchmark_cache_key, merge_cache_key, reference_cache_key
+from mmmo.engine import steps
+
+__all__ = ["DRIVER_TASKS", "cell", "evaluate_benchmark", "export", "merge", "record",
+           "remote_trial"]
+
+_OPTS: dict[str, Any] = {"persist_result": False, "cache_policy": None}
 
 
-@task(name="propose")
+@task(name="propose", **_OPTS)
 def propose(study_url: str, iteration: int) -> dict[str, Any]:
     """Propose an iteration's recipes (or return the stored proposal)."""
-    return session(study_url).search.propose(iteration).model_dump(mode="json")
+    return steps.propose_step(study_url, iteration)
 
 
-@task(name="merge", cache_key_fn=merge_cache_key, persist_result=True,
-      result_serializer="json")
+@task(name="propose-next", **_OPTS)
+def propose_next(study_url: str, running: list[int]) -> dict[str, Any]:
+    """Propose the next recipe of an asynchronous search (trials in flight pending)."""
+    return steps.propose_next_step(study_url, running)
+
+
+@task(name="update-surrogate", **_OPTS)
+def update_surrogate(study_url: str, iteration: int | None) -> dict[str, Any]:
+    """Tell the optimizer what is recorded and store its state."""
+    return steps.update_step(study_url, iteration)
+
+
+@task(name="catch-up", **_OPTS)
+def catch_up(study_url: str, iteration: int) -> bool:
+    """Redo a finished iteration's update that a crash cut off."""
+    return steps.catch_up_step(study_url, iteration)
+
+
+@task(name="merge", **_OPTS)
 def merge(study_url: str, recipe: dict[str, Any], slot: int) -> dict[str, Any]:
-    """Materialise a recipe in the slot's resident model; return its sparsity and timing."""
-    sess = session(study_url)
-    set_activity(f"merging recipe {recipe['recipe_id'][:8]}")
-    result = sess.slot(slot).ensure(sess.search.space.recipe(recipe))
-    return result.info()
+    """A recipe's merge info (materialised in the slot's resident model unless known)."""
+    return steps.merge_step(study_url, recipe, slot)
 
 
-@task(name="evaluate-benchmark", cache_key_fn=benchmark_cache_key, persist_result=True,
-      result_serializer="json")
+@task(name="evaluate-benchmark", **_OPTS)
 def evaluate_benchmark(study_url: str, recipe: dict[str, Any], objective: str,
-                       slot: int) -> dict[str, Any]:
-    """Score one task on the slot's model holding the recipe (raises to be retried)."""
-    sess = session(study_url)
-    target = sess.slot(slot).ensure(sess.search.space.recipe(recipe))
-    set_activity(f"evaluating {objective} of recipe {recipe['recipe_id'][:8]}")
-    return _score(sess, target, objective)
+                       docs: dict[str, Any], slot: int) -> dict[str, Any]:
+    """One task on a slice of its documents, on the slot's model holding the recipe."""
+    return steps.benchmark_step(study_url, recipe, objective, docs, slot)
 
 
-@task(name="evaluate-reference", cache_key_fn=reference_cache_key, persist_result=True,
-      result_serializer="json")
-def evaluate_reference(study_url: str, model: str, task_name: str, slot: int) -> dict[str, Any]:
-    """Score the base or a source model (by label) on one task, for the final table."""
-    sess = session(study_url)
-    target = sess.slot(slot).ensure_reference(model)
-    set_activity(f"evaluating {task_name} of {model}")
-    return _score(sess, target, task_name)
-
-
-def _score(sess: Any, target: Any, task_name: str) -> dict[str, Any]:
-    """Evaluate; a NaN score is the recipe's (deterministic) outcome and is returned as a
-    typed failure, other failures raise EvaluationError so that Prefect retries them."""
-    from prefect.runtime import task_run
-
-    from mmmo.evaluation import EvalFailure
-    from mmmo.evaluation import evaluate_benchmark as run
-
-    spec = sess.search.spec
-    task = spec.task(task_name)
-    out = run(target.model, target.tokenizer, task,
-              batch_size=task.batch_size or spec.compute.batch_size,
-              timeout_s=spec.evaluation.timeout_seconds, fault_key=target.recipe_id,
-              attempt=max(task_run.run_count - 1, 0))
-    if isinstance(out, EvalFailure):
-        if out.kind == "nan":
-            return out.model_dump(mode="json")
-        raise EvaluationError(out.model_dump(mode="json"))
-    return out.model_dump(mode="json")
-
-
-@task(name="record")
+@task(name="record", **_OPTS)
 def record(study_url: str, trial: dict[str, Any], iteration: int, merged: Any,
-           benchmarks: dict[str, Any]) -> dict[str, Any]:
+           benchmarks: dict[str, list[Any]]) -> dict[str, Any]:
     """Write a trial's record (complete, or failed with its typed error) to the study."""
-    from mmmo.study import ProposedTrial
-
-    search = session(study_url).search
-    ok = isinstance(merged, dict)
-    outcomes = {name: _outcome(name, value, merged_ok=ok) for name, value in benchmarks.items()}
-    evaluation = search.assemble(outcomes, sparsity=merged.get("sparsity") if ok else None)
-    timings = {"merge_s": merged.get("seconds", 0.0)} if ok else {}
-    timings.update({f"eval_{o.task}_s": o.seconds for o in evaluation.outcomes})
-    error = None if ok else {"kind": "merge", "message": _message(merged)}
-    rec = search.trial_record(ProposedTrial.model_validate(trial), iteration,
-                              evaluation=evaluation, merge=merged if ok else None,
-                              error=error, timings=timings, worker=socket.gethostname())
-    search.store.write_trial(rec)
-    return {"number": rec.number, "status": rec.status, "objectives": rec.objectives}
+    return steps.record_step(study_url, trial, iteration, steps.collect(merged, benchmarks))
 
 
-@task(name="update-surrogate")
-def update_surrogate(study_url: str, iteration: int) -> dict[str, Any]:
-    """Tell the optimizer the iteration's results and store its state."""
-    return session(study_url).search.update_surrogate(iteration)
+@task(name="trial", **_OPTS)
+def remote_trial(study_url: str, trial: dict[str, Any], iteration: int) -> dict[str, Any]:
+    """A whole trial run on a Dask worker of the run's cluster, then recorded here."""
+    from mmmo.engine.dask import trial_on_cluster
+
+    return trial_on_cluster(study_url, trial, iteration)
 
 
-def _outcome(task: str, value: Any, *, merged_ok: bool) -> Any:
-    """A benchmark's outcome from its task's result, exception, or None (never ran)."""
-    from pydantic import TypeAdapter
-
-    from mmmo.evaluation import EvalFailure, Outcome
-
-    if isinstance(value, dict):
-        return TypeAdapter(Outcome).validate_python(value)
-    if isinstance(value, EvaluationError) and value.args and isinstance(value.args[0], dict):
-        return EvalFailure.model_validate(value.args[0])
-    if value is None:
-        why = "the merge failed" if not merged_ok else "an upstream task failed"
-        return EvalFailure(kind="exception", task=task, message=f"not evaluated: {why}")
-    return EvalFailure(kind="exception", task=task, message=_message(value))
+@task(name="evaluate-cell", **_OPTS)
+def cell(study_url: str, cell: dict[str, Any], slot: int) -> dict[str, Any]:
+    """One cell of the final table (a recipe or a single model on a task's documents)."""
+    return steps.cell_step(study_url, cell, slot)
 
 
-def _message(exc: Any) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
+@task(name="export", **_OPTS)
+def export(study_url: str, recipe: dict[str, Any], slot: int) -> str:
+    """Export a recipe (HF folder + mergekit YAML) into the study; kept if already there."""
+    return steps.export_step(study_url, recipe, slot)
+
+
+@task(name="pick", **_OPTS)
+def pick(study_url: str) -> dict[str, Any]:
+    """Choose the final recipe under the spec's pick policy."""
+    return steps.pick_step(study_url)
+
+
+@task(name="report", **_OPTS)
+def report(study_url: str) -> dict[str, Any]:
+    """Write the study report (PNGs, markdown, HTML) into the study."""
+    return steps.report_step(study_url)
+
+
+DRIVER_TASKS = {"propose": propose, "propose-next": propose_next,
+                "update-surrogate": update_surrogate, "catch-up": catch_up, "pick": pick,
+                "report": report}
+"""The driver's steps as tasks, by the names the engine calls them."""

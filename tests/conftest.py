@@ -30,11 +30,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """Prefect's test harness (a temporary API server) for in-process flows."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real ``prefect server start`` on loopback for the whole session; its API URL."""
+    from flows.local_server import start_local_server, stop_local_server
 
-    with prefect_test_harness(server_startup_timeout=120):
+    try:
+        proc, url = start_local_server(tmp_path_factory.mktemp("prefect-server"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url
+    finally:
+        stop_local_server(proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_server: str, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[None]:
+    """In-process flows talk to the session's server (and keep their home in a temp dir)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server, PREFECT_HOME: home}):
         yield
 
 

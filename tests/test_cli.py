@@ -49,7 +49,7 @@ def _spec(folder: Path, storage: Path, **changes: Any) -> Path:
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A finished 4-trial study (run without Prefect) and its report."""
     from mmmo.report import build_report
-    from mmmo.runtime import run_inline
+    from mmmo.engine import run_inline
     from mmmo.search import Search
     from mmmo.spec import load_spec
 

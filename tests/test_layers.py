@@ -22,7 +22,8 @@ def test_the_core_imports_no_prefect_and_no_orchestration_layer() -> None:
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {"mmmo.runtime", "mmmo.search", "mmmo.study", "mmmo.merging.materialize",
+    assert {"mmmo.engine.steps", "mmmo.engine.dask", "mmmo.search", "mmmo.study",
+            "mmmo.merging.materialize",
             "mmmo.evaluation.benchmark", "mmmo.optimization.acquisition"} <= set(found["modules"])
     assert found["layers"] == []
 

@@ -88,6 +88,11 @@ class HFBackend:
         """Copy the base or a source into the resident model."""
         return self.materializer.load_model(label).info()
 
+    def target(self) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` for :func:`~mmmo.evaluation.evaluate_benchmark` (which then
+        retries an out-of-memory batch at half its size)."""
+        return self.materializer.model, self.materializer.tokenizer
+
     def lm(self, *, batch_size: int | str) -> Any:
         """lm-eval's HFLM over the resident model (built once per batch size, re-used)."""
         from mmmo.evaluation.lm import get_lm

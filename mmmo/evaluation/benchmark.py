@@ -40,22 +40,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from mmmo.evaluation.faults import FAULTS_ENV, fault_plan
+from mmmo import hooks
 from mmmo.evaluation.lm import EvaluationCancelled, check_device, get_lm, measuring
 from mmmo.evaluation.records import BenchmarkResult, EvalFailure, finite_or_none
 from mmmo.evaluation.tasks import (
+    DocRange,
     LoadedTask,
     TaskRegistry,
     default_registry,
     docs_hash,
-    select_docs,
     task_fingerprint,
 )
 from mmmo.spec import TaskSpec
 
 __all__ = ["CANCEL_GRACE_S", "EVAL_VERSION", "benchmark_key", "evaluate_benchmark"]
 
-EVAL_VERSION = "1"
+EVAL_VERSION = "2"
 """Bumped whenever a change here could change a score: part of every benchmark key."""
 
 CANCEL_GRACE_S = 30.0
@@ -69,19 +69,23 @@ _SEEDS = {"random": 0, "numpy": 1234, "torch": 1234}
 
 
 def benchmark_key(recipe_id: str, task: TaskSpec, *,
-                  model_fingerprints: Sequence[str] | str = ()) -> str:
+                  model_fingerprints: Sequence[str] | str = (), docs: DocRange | None = None,
+                  backend: str = "hf") -> str:
     """A stable hex key of one benchmark: what must match for a stored result to be re-used.
 
     It covers the recipe id, the task reference and its content hash (YAML, includes, data
-    files; lm-eval's version for built-in tasks), label, metric, filter, limit, sample seed,
-    few-shot count, chat template, generation kwargs, the model fingerprints (e.g. the base and
-    source revisions) and :data:`EVAL_VERSION`. Batch size and direction are left out: they do
-    not change a score.
+    files; lm-eval's version for built-in tasks), label, metric, filter, the documents (the
+    slice ``docs`` of the seeded ranking, default the task's ``limit``), sample seed, few-shot
+    count, chat template, generation kwargs, the model fingerprints (e.g. the base and source
+    revisions), the evaluation backend and :data:`EVAL_VERSION`. Batch size and direction are
+    left out: they do not change a score.
 
     Args:
         recipe_id: The recipe's identity (or a model's name for held-out rows).
         task: The task and its evaluation settings.
         model_fingerprints: Revisions/hashes of the models the recipe merges.
+        docs: The documents scored (default ``DocRange(stop=task.limit)``).
+        backend: ``hf`` or ``vllm`` (a kernel difference may flip a near-tie).
     """
     fingerprints = [model_fingerprints] if isinstance(model_fingerprints, str) \
         else list(model_fingerprints)
@@ -93,15 +97,15 @@ def benchmark_key(recipe_id: str, task: TaskSpec, *,
         "label": task.label,
         "metric": task.metric,
         "filter": task.filter,
-        "limit": task.limit,
-        "limit_kind": type(task.limit).__name__,
+        "docs": (docs or DocRange(stop=task.limit)).key(),
         "sample_seed": task.sample_seed,
         "num_fewshot": task.num_fewshot,
         "apply_chat_template": task.apply_chat_template,
         "gen_kwargs": task.gen_kwargs,
         "models": fingerprints,
+        "backend": backend,
     }
-    faults = os.environ.get(FAULTS_ENV, "").strip()
+    faults = hooks.faults_setting()
     if faults:  # injected outcomes never share a key with real ones
         payload["faults"] = faults
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -109,18 +113,21 @@ def benchmark_key(recipe_id: str, task: TaskSpec, *,
 
 
 def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
-                       batch_size: int | str = 32, device: str | None = None,
-                       timeout_s: float | None = None, registry: TaskRegistry | None = None,
+                       docs: DocRange | None = None, batch_size: int | str = 32,
+                       device: str | None = None, timeout_s: float | None = None,
+                       registry: TaskRegistry | None = None,
                        bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-                       oom_retry: bool = True, log_samples: bool = False,
-                       fault_key: str | None = None,
-                       attempt: int = 0) -> BenchmarkResult | EvalFailure:
+                       oom_retry: bool = True,
+                       log_samples: bool = False) -> BenchmarkResult | EvalFailure:
     """Score one task on a live model; never raises for evaluation errors.
 
     Args:
-        model: The resident transformers model (evaluated where it lives), or an HFLM.
-        tokenizer: Its tokenizer.
+        model: The resident transformers model (evaluated where it lives), or any lm-eval
+            ``LM`` (an HFLM, a completions client of a vLLM engine, ...).
+        tokenizer: Its tokenizer (unused for an ``LM``).
         task: Task, metric/filter, subsample and generation settings.
+        docs: Which documents of the task's seeded ranking to score (default: the task's
+            ``limit``, i.e. ``DocRange(stop=task.limit)``).
         batch_size: Batch size unless ``task.batch_size`` overrides it; ``"auto"`` lets HFLM
             search one.
         device: Expected device of the model (None/``auto``: wherever it is).
@@ -131,10 +138,6 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
             as ``model``: its batch size is its own).
         log_samples: Keep each document's filtered response, target and metrics in
             ``raw["samples"][<leaf task>]`` (for inspection; off in searches).
-        fault_key: The recipe id (or model) being scored: with ``attempt`` (0 = first try),
-            what :mod:`mmmo.evaluation.faults` draws injected faults from when
-            ``MMMO_FAULTS`` is set. None injects nothing.
-        attempt: Which try of this benchmark this is.
 
     Returns:
         A :class:`BenchmarkResult`, or an :class:`EvalFailure` of kind ``exception``,
@@ -144,23 +147,24 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
         SpecError: ``task.task`` names no known task (:func:`validate_tasks` catches it first).
         ValueError: ``device`` is not where the model lives.
     """
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.api.model import LM
 
     registry = registry or default_registry()
     registry.resolve(task.task)
-    if not isinstance(model, HFLM):
+    is_lm = isinstance(model, LM)
+    if not is_lm:
         check_device(model, device)
+    docs = docs or DocRange(stop=task.limit)
     start = time.perf_counter()
     inject_oom = False
-    if fault_key is not None:
-        injected = _injected(fault_key, task, attempt, batch_size, start)
-        if injected == "oom":
-            inject_oom = True
-        elif injected is not None:
-            return injected
+    injected = _injected(task, batch_size, start)
+    if injected == "oom":
+        inject_oom = True
+    elif injected is not None:
+        return injected
     size: int | str = task.batch_size or batch_size
     sizes: list[int | str] = [size]
-    if oom_retry and isinstance(size, int) and size > 1 and not isinstance(model, HFLM):
+    if oom_retry and isinstance(size, int) and size > 1 and not is_lm:
         sizes.append(size // 2)
     outcome: BenchmarkResult | EvalFailure | None = None
     for attempt, bs in enumerate(sizes):
@@ -171,7 +175,7 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
             lm = get_lm(model, tokenizer, batch_size=bs)
         except Exception as exc:  # HFLM refused the model or tokenizer
             return _failure(exc, traceback.format_exc(), task, bs, start, threading.Event())
-        outcome = _attempt(lm, task, registry, batch_size=bs, timeout_s=remaining,
+        outcome = _attempt(lm, task, docs, registry, batch_size=bs, timeout_s=remaining,
                            limit_s=timeout_s, bootstrap_iters=bootstrap_iters,
                            log_samples=log_samples, start=start, inject_oom=inject_oom)
         inject_oom = False
@@ -194,7 +198,8 @@ def evaluate_benchmark(model: Any, tokenizer: Any, task: TaskSpec, *,
 # --------------------------------------------------------------------------------- internals
 
 
-def _attempt(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int | str,
+def _attempt(lm: Any, task: TaskSpec, docs: DocRange, registry: TaskRegistry, *,
+             batch_size: int | str,
              timeout_s: float | None, limit_s: float | None, bootstrap_iters: int,
              log_samples: bool, start: float,
              inject_oom: bool = False) -> BenchmarkResult | EvalFailure:
@@ -204,7 +209,8 @@ def _attempt(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int
 
     def work() -> None:
         try:
-            box["out"] = _evaluate(lm, task, registry, batch_size=batch_size, cancel=cancel,
+            box["out"] = _evaluate(lm, task, docs, registry, batch_size=batch_size,
+                                   cancel=cancel,
                                    bootstrap_iters=bootstrap_iters, log_samples=log_samples,
                                    start=start, inject_oom=inject_oom)
         except Exception as exc:  # turned into a failure record
@@ -229,7 +235,8 @@ def _attempt(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int
     return box["out"]
 
 
-def _evaluate(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: int | str,
+def _evaluate(lm: Any, task: TaskSpec, docs: DocRange, registry: TaskRegistry, *,
+              batch_size: int | str,
               cancel: threading.Event, bootstrap_iters: int, log_samples: bool,
               start: float, inject_oom: bool = False) -> BenchmarkResult | EvalFailure:
     from lm_eval.evaluator import evaluate
@@ -239,8 +246,12 @@ def _evaluate(lm: Any, task: TaskSpec, registry: TaskRegistry, *, batch_size: in
     os.environ.setdefault("DISABLE_MULTIPROC", "1")
     with registry.checkout(task) as loaded, measuring(cancel, inject_oom=inject_oom) as timing:
         samples = {name: idx for name, n in loaded.n_docs.items()
-                   if (idx := select_docs(n, task.limit, task.sample_seed)) is not None}
-        with _global_seeds():
+                   if (idx := docs.indices(n, task.sample_seed)) is not None}
+        if samples and not any(samples.values()):
+            return EvalFailure(kind="exception", task=task.label, batch_size=batch_size,
+                               seconds=time.perf_counter() - start,
+                               message=f"no documents in {docs} of {loaded.n_docs} documents")
+        with _global_seeds(torch_too=_samples(loaded)):
             out = evaluate(lm=lm, task_dict=loaded.task_dict, samples=samples or None,
                            bootstrap_iters=bootstrap_iters, log_samples=log_samples,
                            apply_chat_template=task.apply_chat_template,
@@ -308,15 +319,14 @@ def _pooled(results: dict[str, Any], counts: dict[str, int], key: str,
     return score, math.sqrt(var)
 
 
-def _injected(key: str, task: TaskSpec, attempt: int, batch_size: int | str,
+def _injected(task: TaskSpec, batch_size: int | str,
               start: float) -> EvalFailure | Literal["oom"] | None:
-    """The failure ``MMMO_FAULTS`` injects into this attempt, if any (see :mod:`.faults`);
+    """The failure ``MMMO_FAULTS`` injects into this attempt, if any (see :mod:`mmmo.hooks`);
     ``"oom"``: the first forward pass is to raise out-of-memory."""
-    plan = fault_plan()
-    kind = plan.draw(key, task.label, attempt) if plan is not None else None
+    kind = hooks.injected_fault(task.label)
     if kind is None or kind == "oom":
         return kind
-    what = f"injected by {FAULTS_ENV} (attempt {attempt})"
+    what = f"injected by {hooks.FAULTS_ENV} (attempt {hooks.current_attempt()})"
     if kind == "raise":
         try:
             raise RuntimeError(f"fault {what}")
@@ -367,26 +377,45 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@contextmanager
-def _global_seeds() -> Iterator[None]:
-    """Seed python/numpy/torch as ``simple_evaluate`` does, and restore their states after.
+def _samples(loaded: LoadedTask) -> bool:
+    """Whether any leaf task draws random numbers while generating (``do_sample``)."""
+    for task in loaded.leaves.values():
+        kwargs = task.get_config("generation_kwargs") or {}
+        if task.get_config("output_type") == "generate_until" and kwargs.get("do_sample"):
+            return True
+    return False
 
-    The global RNGs are process-wide: two evaluations in parallel threads share them, so only
-    greedy decoding and loglikelihood tasks (which draw nothing) are reproducible in parallel.
+
+@contextmanager
+def _global_seeds(*, torch_too: bool) -> Iterator[None]:
+    """Seed python/numpy (and, for a sampling task, torch) as ``simple_evaluate`` does, and
+    restore their states after.
+
+    Greedy decoding and loglikelihood requests draw nothing from torch, so torch's generator is
+    left alone for them: a merge on another slot (which seeds and draws from it under its lock,
+    :mod:`mmmo.rnglock`) is not disturbed. A sampling task holds that lock while it runs.
+    The python/numpy states are process-wide: only tasks that draw nothing are reproducible
+    when evaluated in parallel threads.
     """
     import numpy as np
-    import torch
 
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(_SEEDS["random"])
-        np.random.seed(_SEEDS["numpy"])
-        torch.manual_seed(_SEEDS["torch"])
-        try:
+    random.seed(_SEEDS["random"])
+    np.random.seed(_SEEDS["numpy"])
+    try:
+        if torch_too:
+            import torch
+
+            from mmmo.rnglock import generator_lock
+
+            with generator_lock("cpu"), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_SEEDS["torch"])
+                yield
+        else:
             yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _json_safe(value: Any) -> Any:

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mmmo._crash import crash_point
+from mmmo.hooks import crash_point
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +83,7 @@ def measuring(cancel: threading.Event | None = None, *,
     Args:
         cancel: When set, this thread's next model forward raises :class:`EvaluationCancelled`.
         inject_oom: The first model forward in the block raises ``torch.OutOfMemoryError``
-            (fault injection, :mod:`mmmo.evaluation.faults`).
+            (fault injection, :mod:`mmmo.hooks`).
 
     Yields:
         The :class:`Timing` that accumulates while the block runs.
@@ -203,7 +203,7 @@ def get_lm(model: Any, tokenizer: Any, *, batch_size: int | str = 32,
 
     Args:
         model: A transformers causal LM, already on its device (HFLM evaluates a model object
-            where it lives), or an lm-eval ``HFLM`` (returned as is).
+            where it lives), or any lm-eval ``LM`` (returned as is).
         tokenizer: Its tokenizer.
         batch_size: Evaluation batch size, or ``"auto"`` (HFLM finds one by halving on OOM).
         device: Expected device (``cpu``, ``cuda``, ``cuda:1``, ``mps``); None or ``auto``
@@ -213,9 +213,9 @@ def get_lm(model: Any, tokenizer: Any, *, batch_size: int | str = 32,
         ValueError: ``device`` names a different device than the model's.
     """
     global _timed_cls
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.api.model import LM
 
-    if isinstance(model, HFLM):
+    if isinstance(model, LM):
         return model
     check_device(model, device)
     # the device is part of the key: HFLM reads it once, and a resident model may be moved

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmmo.errors import SpecError
 from mmmo.spec import TaskSpec
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
 
 __all__ = [
+    "DocRange",
     "LoadedTask",
     "ResolvedTask",
     "TaskRegistry",
@@ -105,7 +107,7 @@ def sample_size(limit: int | float | None, n: int) -> int:
         return n
     if isinstance(limit, float):
         return min(n, max(1, round(limit * n)))
-    return min(n, int(limit))
+    return min(n, max(0, int(limit)))
 
 
 @lru_cache(maxsize=256)
@@ -129,6 +131,39 @@ def select_docs(n: int, limit: int | float | None, seed: int) -> list[int] | Non
     if k >= n:
         return None
     return sorted(_ranked(n, seed)[:k])
+
+
+class DocRange(BaseModel):
+    """A slice ``[start, stop)`` of a task's seeded document ranking (see :func:`select_docs`).
+
+    ``start`` and ``stop`` are limits like ``TaskSpec.limit`` (a count, or a fraction of the
+    task's documents); ``start`` None is 0 and ``stop`` None is every document. The search's
+    subsample of a task with ``limit: k`` is ``DocRange(stop=k)``; nested fidelity levels are
+    consecutive slices of one ranking (so a lower level's documents are in every higher one),
+    and the documents no search used are ``DocRange(start=k)``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stop: Annotated[int, Field(ge=0)] | float | None = None
+    start: Annotated[int, Field(ge=0)] | float | None = None
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """``(first, end)`` ranks this range selects out of ``n`` documents."""
+        first = 0 if self.start is None else sample_size(self.start, n)
+        end = n if self.stop is None else sample_size(self.stop, n)
+        return first, max(first, end)
+
+    def indices(self, n: int, seed: int) -> list[int] | None:
+        """The sorted document indices out of ``n`` (None when the range is every document)."""
+        first, end = self.bounds(n)
+        if first == 0 and end >= n:
+            return None
+        return sorted(_ranked(n, seed)[first:end])
+
+    def key(self) -> list[Any]:
+        """What a cache key records of the range (counts and fractions kept apart)."""
+        return [[type(v).__name__, v] for v in (self.start, self.stop)]
 
 
 def docs_hash(indices: dict[str, list[int]] | None) -> str:

@@ -31,7 +31,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
-from mmmo._crash import crash_point
+from mmmo.hooks import crash_point
 from mmmo.merging.homology import check_homology
 from mmmo.merging.models import resolve_local
 from mmmo.merging.recipe import Recipe

@@ -47,8 +47,8 @@ from typing import Any, Literal
 
 import torch
 
-from mmmo._crash import crash_point
 from mmmo.errors import MergeError
+from mmmo.hooks import crash_point
 from mmmo.merging.homology import check_homology
 from mmmo.merging.models import read_tensor_headers, resolve_local
 from mmmo.merging.recipe import ModelEntry, Recipe, _entry
@@ -574,12 +574,8 @@ def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _injected_merge_fault(recipe_id: str) -> None:
     """Raise the merge failure ``MMMO_FAULTS`` injects for this recipe, if any (tests only)."""
-    import os
+    from mmmo.hooks import merge_fault
 
-    from mmmo.evaluation.faults import FAULTS_ENV, fault_plan
-
-    if not os.environ.get(FAULTS_ENV):
-        return
-    plan = fault_plan()
-    if plan is not None and plan.merge_fails(recipe_id):
-        raise MergeError(f"recipe {recipe_id}: merge failed (injected by {FAULTS_ENV})")
+    message = merge_fault(recipe_id)
+    if message is not None:
+        raise MergeError(message)

@@ -5,34 +5,27 @@ math runs on (``torch.bernoulli`` without a generator), and ``mergekit-yaml --ra
 seeds those generators once, before the first tensor. :func:`seeded` does the same for one
 materialisation: it saves the state of the generators of the math devices, seeds them with
 ``s``, and restores the saved state on exit, so a recipe's masks never depend on what ran
-before and code outside sees its RNG stream untouched. A per-generator lock serialises
-materialisations that share a generator (threads on one device).
+before and code outside sees its RNG stream untouched. A per-generator lock
+(:mod:`mmmo.rnglock`) serialises everything that seeds a generator (materialisations on one
+device, the optimizer's asks, sampling evaluations).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
 
+from mmmo.rnglock import generator_lock
+
 __all__ = ["seeded"]
-
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
 
 def _key(device: torch.device) -> str:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index}"
     return device.type
-
-
-def _lock(key: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
 
 
 def _get_state(key: str) -> torch.Tensor:
@@ -72,7 +65,7 @@ def seeded(devices: Iterable[torch.device | str], seed: int) -> Iterator[None]:
     keys = sorted({_key(torch.device(d)) for d in devices} | {"cpu"})
     with ExitStack() as stack:
         for key in keys:
-            stack.enter_context(_lock(key))
+            stack.enter_context(generator_lock(key))
         saved = {key: _get_state(key) for key in keys}
         for key in keys:
             _seed(key, seed)

@@ -60,8 +60,10 @@ def seeded(seed: int) -> Iterator[np.random.Generator]:
     Yields:
         A numpy generator seeded with ``seed``.
     """
+    from mmmo.rnglock import generator_lock
+
     np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with generator_lock("cpu"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         np.random.seed(seed)
         try:

@@ -120,22 +120,22 @@ def test_oom_reports_the_batch_size_that_failed(family, model_pair, registry):
 
 
 def test_injected_oom_takes_the_half_batch_retry(family, model_pair, registry, monkeypatch):
-    from mmmo.evaluation.faults import fault_plan
+    from mmmo.hooks import evaluating, fault_plan
 
     model, tok = model_pair
     spec = TaskSpec(task=str(family.tasks["mc"]), limit=8)
     plain = evaluate_benchmark(model, tok, spec, batch_size=4, registry=registry)
     monkeypatch.setenv("MMMO_FAULTS", "oom=1,seed=0")
-    out = evaluate_benchmark(model, tok, spec, batch_size=8, registry=registry,
-                             fault_key="recipe", attempt=0)
+    with evaluating("recipe", 0):
+        out = evaluate_benchmark(model, tok, spec, batch_size=8, registry=registry)
+        once = evaluate_benchmark(model, tok, spec, batch_size=8, registry=registry,
+                                  oom_retry=False)
     assert isinstance(out, BenchmarkResult), out
     assert (out.batch_size, out.oom_retries, out.score) == (4, 1, plain.score)
-    once = evaluate_benchmark(model, tok, spec, batch_size=8, registry=registry,
-                              fault_key="recipe", oom_retry=False)
     assert isinstance(once, EvalFailure) and (once.kind, once.batch_size) == ("oom", 8)
     assert "injected by MMMO_FAULTS" in once.message
     untouched = evaluate_benchmark(model, tok, spec, batch_size=8, registry=registry)
-    assert isinstance(untouched, BenchmarkResult) and untouched.oom_retries == 0  # no key
+    assert isinstance(untouched, BenchmarkResult) and untouched.oom_retries == 0  # no trial
     with pytest.raises(ValueError, match="sum to <= 1"):
         fault_plan("oom=0.6,raise=0.5")
 

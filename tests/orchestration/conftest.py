@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +39,6 @@ def small_spec(folder: Path, *, storage: str, name: str = "small", limit: int = 
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``prefect server start`` on loopback; yields its API URL."""
-    from flows.local_server import start_local_server, stop_local_server
-
-    try:
-        proc, url = start_local_server(tmp_path_factory.mktemp("prefect-server"))
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    try:
-        yield url
-    finally:
-        stop_local_server(proc)
 
 
 def cli_env(api_url: str, home: Path) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The search flow in-process against Prefect's test harness: end to end, reuse, failures, S3."""
+"""The search flow in-process against the session's Prefect server: end to end (the default
+strategy, mmmo), reuse, failures, S3."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import pytest
 
 import mmmo.evaluation
-import tasks as search_tasks
 from flows.search import merge_search, resume_search
-from mmmo import runtime
+from mmmo import hooks
+from mmmo.engine.slots import close_session
 from mmmo.merging import Materializer
 from mmmo.merging.export import read_export
 from mmmo.study import StudyStore
@@ -45,15 +46,18 @@ def _summary(store: StudyStore) -> list[tuple[int, str, dict[str, Any]]]:
 def test_search_end_to_end_then_every_trial_is_reused(tmp_path: Path, make_spec: Any,
                                                       calls: collections.Counter[str]) -> None:
     storage = str(tmp_path / "studies")
-    spec = make_spec(tmp_path, storage=storage)
+    spec = make_spec(tmp_path, storage=storage, strategy="mmmo")
     result = merge_search(spec=str(spec), study="e2e")
 
     store = StudyStore(storage, "e2e")
     trials = store.trials()
     assert result["complete"] and len(trials) == 5
     assert all(t.status == "complete" for t in trials), [t.error for t in trials]
-    assert [p.iteration for p in store.proposals()] == [0, 1]
+    proposals = store.proposals()
+    assert [p.iteration for p in proposals] == [0, 1]
+    assert [p.strategy for p in proposals] == ["mmmo", "mmmo"]
     assert [t.iteration for t in trials] == [0, 0, 0, 1, 1]
+    assert [t.order for t in trials] == [0, 1, 2, 3, 4]
     for t in trials:  # objectives, their stderrs and the sparsity objective all recorded
         assert set(t.objectives) == {"dbl", "rev", "srt", "sparsity"}
         assert t.values[-1] == -t.objectives["sparsity"] < 0
@@ -90,24 +94,29 @@ def test_search_end_to_end_then_every_trial_is_reused(tmp_path: Path, make_spec:
 
 def test_a_failed_benchmark_is_recorded_and_the_search_goes_on(
         tmp_path: Path, make_spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = search_tasks._score
+    from mmmo.evaluation import EvalFailure
+
+    real = mmmo.evaluation.evaluate_benchmark
+    storage = str(tmp_path / "studies")
+    spec = make_spec(tmp_path, storage=storage)
     seen: dict[str, Any] = {}
     attempts: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def injected(sess: Any, target: Any, task_name: str) -> dict[str, Any]:
-        first = sess.search.store.proposals()[0].trials
+    def injected(model: Any, tokenizer: Any, task: Any, **kwargs: Any) -> Any:
+        first = StudyStore(storage, "faults").proposals()[0].trials
         seen["bad"], seen["flaky"] = first[0].recipe_id, first[1].recipe_id
-        rid = target.recipe_id
-        attempts[rid, task_name] += 1
-        if rid == seen["bad"] and task_name == "rev":
-            raise RuntimeError("injected: rev always fails for this recipe")
-        if rid == seen["flaky"] and task_name == "dbl" and attempts[rid, task_name] == 1:
-            raise RuntimeError("injected: dbl fails once")
-        return real(sess, target, task_name)
+        rid = hooks._CURRENT.get()[0]  # the recipe the engine is evaluating
+        attempts[rid, task.label] += 1
+        if rid == seen["bad"] and task.label == "rev":
+            return EvalFailure(kind="exception", task="rev",
+                               message="RuntimeError: injected: rev always fails")
+        if rid == seen["flaky"] and task.label == "dbl" and attempts[rid, task.label] == 1:
+            return EvalFailure(kind="exception", task="dbl",
+                               message="RuntimeError: injected: dbl fails once")
+        return real(model, tokenizer, task, **kwargs)
 
-    monkeypatch.setattr(search_tasks, "_score", injected)
-    storage = str(tmp_path / "studies")
-    result = merge_search(spec=str(make_spec(tmp_path, storage=storage)), study="faults")
+    monkeypatch.setattr(mmmo.evaluation, "evaluate_benchmark", injected)
+    result = merge_search(spec=str(spec), study="faults")
     assert result["complete"]
 
     trials = {t.recipe_id: t for t in StudyStore(storage, "faults").trials()}
@@ -140,7 +149,7 @@ def test_search_on_s3_resumes_from_a_fresh_working_directory(
     assert sorted(before) == [0, 1, 2]
 
     # a fresh working directory and no in-process state: the store on S3 is all there is
-    runtime._SESSIONS.clear()
+    close_session(store.url)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     monkeypatch.chdir(fresh)
@@ -151,5 +160,5 @@ def test_search_on_s3_resumes_from_a_fresh_working_directory(
     assert all(after[n] == before[n] for n in before)  # finished trials were not redone
     assert read_export(done["export"]) is not None and done["export"].startswith("s3://")
     fs = s3fs.S3FileSystem()
-    assert fs.ls(f"{storage}/.prefect-results")  # task results cached on S3 too
+    assert fs.ls(f"{storage}/.outcomes")  # the result store is on S3 too
     assert not list(fresh.iterdir())  # nothing written to the working directory

@@ -1,19 +1,21 @@
 """Kill anywhere: a search SIGKILLed at 25 different points, resumed each time, loses nothing.
 
-A driver process (one interpreter: imports, tasks and the resident models loaded once, torch on
-one thread so that forking is safe) forks one run after another of the same study with
-``run_inline(..., finish=True)``. Each run resumes the study and kills itself
-(``MMMO_CRASH_AT``, :mod:`mmmo._crash`) at the next crash point of :data:`KILLS`, in search
-order: creating the study, taking the lease, during propose (after the optimizer's ask), half
-way through a merge, mid-benchmark (in a model forward pass), around every kind of study write
-(before, temp file staged, renamed), after telling the optimizer, and in the last stage (a
-reference model's benchmark, the export, ``final.json``, the report). Then one run finishes it,
-and one uninterrupted run of the same search in another study is the control. After every run
-the driver reads the whole store back.
+Run on both executors: the inline one (:func:`mmmo.engine.run`, every step in one thread) and
+the Prefect flow (the steps as tasks of ``merge-search``, against the session's real Prefect
+server). A driver process (one interpreter: imports, tasks and the resident models loaded
+once, torch on one thread so that forking is safe) forks one run after another of the same
+study. Each run resumes the study and kills itself (``MMMO_CRASH_AT``, :mod:`mmmo.hooks`) at
+the next crash point of :data:`KILLS`, in search order: creating the study, taking the lease,
+during propose (after the optimizer's ask), half way through a merge, mid-benchmark (in a model
+forward pass), around every kind of write to the study and the result store (before, temp file
+staged, renamed), after telling the optimizer, and in the last stage (a reference model's
+benchmark, the export, ``final.json``, the report). Then one run finishes it, and one
+uninterrupted run of the same search (another storage, so that nothing is shared) is the
+control. After every run the driver reads the whole store back.
 
-Figures: trials lost 0; benchmark results computed twice 0 (each result is written to the
-study once, and a resumed run re-uses it); store readable after every kill; the finished study
-equals the uninterrupted one (trials, pick, table, exported weights byte for byte).
+Figures: trials lost 0; benchmark results computed twice 0 (each result is written once, and a
+resumed run re-uses it); store readable after every kill; the finished study equals the
+uninterrupted one (trials, pick, table, exported weights byte for byte).
 """
 
 from __future__ import annotations
@@ -27,30 +29,39 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 DRIVER = r'''
 import json, os, sys, traceback
 import torch
 torch.set_num_threads(1)  # no OpenMP worker threads: forking is safe
-from mmmo.runtime import Slot, run_inline, slot_devices
-from mmmo.search import Search, check_inputs
-from mmmo.spec import parse_spec
+from mmmo.engine import run
+from mmmo.engine.outcomes import OutcomeStore
+from mmmo.engine.slots import Slot, slot_devices
+from mmmo.search import check_inputs
+from mmmo.spec import load_spec
 from mmmo.study import StudyStore
 
-spec = parse_spec(json.loads(sys.argv[1]))
-log = sys.argv[2]
+spec_path, control_path, log, kills, executor = sys.argv[1:6]
+spec, control = load_spec(spec_path), load_spec(control_path)
 check_inputs(spec)  # tasks loaded and pooled once, inherited by every run
-slot = Slot(spec, slot_devices(spec)[0])
-slot.materializer  # base and sources resident once, inherited by every run
+Slot(spec, 0, slot_devices(spec)[0]).backend  # base and sources resident once, inherited
+if executor == "prefect":
+    from flows.search import merge_search
 
 
-def run(crash_at, spec=spec):
+def run_once(crash_at, path, spec):
     pid = os.fork()
     if pid == 0:
         try:
             os.environ["MMMO_CRASH_LOG"] = log
             if crash_at:
                 os.environ["MMMO_CRASH_AT"] = str(crash_at)
-            os._exit(0 if run_inline(Search.open(spec), slot=slot, finish=True) else 3)
+            if executor == "prefect":
+                out = merge_search(spec=path)
+            else:
+                out = run(spec, inline=True)
+            os._exit(0 if out["complete"] else 3)
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -59,7 +70,7 @@ def run(crash_at, spec=spec):
 
 
 def readable(spec):
-    """Read the whole store back: every record parses, the study's views load."""
+    # read the whole store back: every record parses, the study's views load
     store = StudyStore(spec.storage, spec.study_name)
     if not store.exists():
         return "no study yet"
@@ -67,14 +78,15 @@ def readable(spec):
     for rel in ("optimizer.json", "final.json", "lease.json"):
         if store.exists(rel):
             store.read_json(rel)
-    for name in store.list("outcomes"):
-        store.read_json(f"outcomes/{name}")
+    outcomes = OutcomeStore(spec.storage)
+    for key in outcomes.keys():
+        outcomes.get(key)
     return "ok"
 
 
-runs = [run(point) for point in json.loads(sys.argv[3])]
-runs.append(run(None))
-runs.append(run(None, spec.with_overrides(study="straight")))
+runs = [run_once(point, spec_path, spec) for point in json.loads(kills)]
+runs.append(run_once(None, spec_path, spec))
+runs.append(run_once(None, control_path, control))
 print(json.dumps(runs))
 '''
 
@@ -84,38 +96,55 @@ print(json.dumps(runs))
 KILLS = [
     "write:study.json:staged", "write:spec.yaml:done", "write:lease.json:staged",
     "iteration:0:asked", "write:proposals/0000.json:staged",
-    "merge:halfway", "write:outcomes/merge-*:staged", "trial:0:merged", "benchmark:forward",
-    "write:outcomes/bench-*:staged", "trial:0:evaluated:dbl",
+    "merge:halfway", "write:merge-*:staged", "merge:done:*", "benchmark:forward",
+    "write:bench-*:staged", "benchmark:done:dbl",
     "write:trials/0000.json:staged", "write:trials/0000.json:done",
-    "write:outcomes/bench-*:done", "write:trials/0001.json:before",
+    "write:bench-*:done", "write:trials/0001.json:before",
     "write:optimizer.json:staged", "iteration:0:told", "iteration:1:asked",
     "write:proposals/0001.json:done", "write:trials/0002.json:done",
-    "benchmark:forward", "write:outcomes/ref-*:staged", "export:staged",
+    "benchmark:forward", "write:ref-*:staged", "export:staged",
     "write:final.json:staged", "write:reports/report.md:before",
 ]
 #: Kills that cut off a benchmark before its result was written (it is run again, once).
-CUT_OFF = {"benchmark:forward", "write:outcomes/bench-*:staged", "write:outcomes/ref-*:staged"}
+CUT_OFF = {"benchmark:forward", "write:bench-*:staged", "write:ref-*:staged"}
+_RESULT = ("merge-", "bench-", "ref-")
 
 
-def test_killed_at_any_point_the_search_resumes_without_loss(tiny_spec: Any,
-                                                             tmp_path: Path) -> None:
+@pytest.fixture(params=["inline", "prefect"])
+def executor(request: pytest.FixtureRequest) -> str:
+    """Which executor runs the search: inline, or the Prefect flow (on the session's server)."""
+    if request.param == "prefect":
+        request.getfixturevalue("prefect_server")
+    return request.param
+
+
+def test_killed_at_any_point_the_search_resumes_without_loss(
+        executor: str, tiny_spec: Any, write_spec: Any, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
     from safetensors.torch import load_file
 
     from mmmo.merging.export import read_export
     from mmmo.study import StudyStore
 
-    storage = tmp_path / "studies"
-    spec = tiny_spec(str(storage), name="killed",
-                     objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml", "limit": 4}]},
-                     heldout=[], optimizer={"strategy": "random", "n_init": 2, "batch_size": 1,
-                                            "iterations": 1, "seed": 0})
+    storage, other = tmp_path / "studies", tmp_path / "control"
+    search = {"objectives": {"tasks": [{"task": "fixture:tasks/dbl.yaml", "limit": 4}]},
+              "heldout": [], "optimizer": {"strategy": "random", "n_init": 2, "batch_size": 1,
+                                           "iterations": 1, "seed": 0}}
+    spec = write_spec(tmp_path / "killed.yaml", tiny_spec(str(storage), name="killed",
+                                                          **search))
+    control = write_spec(tmp_path / "straight.yaml", tiny_spec(str(other), name="killed",
+                                                               **search))
     log = tmp_path / "crash.log"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMMO_CRASH")}
-    done = subprocess.run([sys.executable, str(driver), json.dumps(spec), str(log),
-                           json.dumps(KILLS)], env=env, capture_output=True, text=True,
-                          timeout=900)
+    if executor == "prefect":
+        env.update(PREFECT_API_URL=request.getfixturevalue("prefect_server"),
+                   PREFECT_HOME=str(tmp_path / "prefect-home"),
+                   PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL")
+    done = subprocess.run([sys.executable, str(driver), str(spec), str(control), str(log),
+                           json.dumps(KILLS), executor], env=env, capture_output=True,
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(done.stdout.strip().splitlines()[-1])
     *killed, (last_pid, last_code, _), (straight_pid, straight_code, _) = runs
@@ -131,7 +160,7 @@ def test_killed_at_any_point_the_search_resumes_without_loss(tiny_spec: Any,
     assert all(fnmatch.fnmatchcase(d, k) for d, k in zip(died_at, KILLS, strict=True)), died_at
     search_pids = [pid for pid, _, _ in killed] + [last_pid]
 
-    store, control = StudyStore(str(storage), "killed"), StudyStore(str(storage), "straight")
+    store, control = StudyStore(str(storage), "killed"), StudyStore(str(other), "killed")
     trials = store.trials()
     proposed = {t.number: t.recipe_id for p in store.proposals() for t in p.trials}
     assert sorted(proposed) == [0, 1, 2] and store.pending() == []  # nothing lost
@@ -146,7 +175,7 @@ def test_killed_at_any_point_the_search_resumes_without_loss(tiny_spec: Any,
     for rel in ["study.json", "spec.yaml", *(f"trials/{n:04d}.json" for n in proposed),
                 "proposals/0000.json", "proposals/0001.json"]:
         assert writes[rel] == 1, (rel, writes[rel])
-    results = {rel: n for rel, n in writes.items() if rel.startswith("outcomes/")}
+    results = {rel: n for rel, n in writes.items() if rel.startswith(_RESULT)}
     assert len(results) == 3 + 3 + 4  # merge infos, benchmarks of the trials, single models
     computed_twice = sum(n - 1 for n in results.values())
     assert computed_twice == 0, results
@@ -168,7 +197,7 @@ def test_killed_at_any_point_the_search_resumes_without_loss(tiny_spec: Any,
     assert all(store.exists(f"reports/{f}") for f in ("report.md", "report.html"))
     leftovers = [p for p in storage.rglob(".*") if ".tmp-" in p.name or ".partial-" in p.name]
     assert leftovers == []  # what kills mid-write left was swept by the next run
-    print(f"{len(KILLS)} kills at {died_at}; trials lost: 0; results computed twice: "
+    print(f"{executor}: {len(KILLS)} kills at {died_at}; trials lost: 0; results computed twice: "
           f"{computed_twice}; benchmarks cut off by a kill and run again: {cut_off}; store "
           f"readable after {len(killed)}/{len(killed)} kills; same trials, pick, table and "
           "exported weights as the uninterrupted run; leftovers after the last run: 0")

@@ -1,6 +1,6 @@
 """A merge that fails (injected: ``MMMO_FAULTS="merge=p"``) makes a failed trial, not a crash.
 
-The search (without Prefect, :func:`mmmo.runtime.run_inline`) spends its budget; each recipe
+The search (inline, and as the Prefect flow) spends its budget; each recipe
 whose merge the injector fails is a failed trial of kind ``merge`` whose benchmarks say they
 were not evaluated, and is told to the optimizer as NaN; the others complete; the pick, the
 final table and the export use complete trials only.
@@ -29,18 +29,22 @@ def _planned_ids(spec: Any) -> list[str]:
     return [search.space.decode(x).recipe_id for x in [*X0, *opt.ask(BATCH)]]
 
 
+@pytest.mark.parametrize("executor", ["inline", "prefect"])
 def test_a_failed_merge_is_a_failed_trial_and_the_search_goes_on(
-        tiny_spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmmo.evaluation.faults import FaultPlan
-    from mmmo.runtime import run_inline
+        executor: str, tiny_spec: Any, write_spec: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    from mmmo.engine import run_inline
+    from mmmo.engine.keys import merge_key
+    from mmmo.hooks import FaultPlan
     from mmmo.search import Search
-    from mmmo.spec import parse_spec
+    from mmmo.spec import load_spec
 
-    spec = parse_spec(tiny_spec(str(tmp_path / "studies"), name="merge-faults", heldout=[],
-                                objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml",
-                                                       "limit": 4}]},
-                                optimizer={"strategy": "random", "n_init": N_INIT,
-                                           "batch_size": BATCH, "iterations": 1, "seed": 0}))
+    path = write_spec(tmp_path / "merge-faults.yaml", tiny_spec(
+        str(tmp_path / "studies"), name="merge-faults", heldout=[],
+        objectives={"tasks": [{"task": "fixture:tasks/dbl.yaml", "limit": 4}]},
+        optimizer={"strategy": "random", "n_init": N_INIT, "batch_size": BATCH,
+                   "iterations": 1, "seed": 0}))
+    spec = load_spec(path)
     ids = _planned_ids(spec)
     seed = next(s for s in range(500)  # some merges fail, in both iterations, not all
                 if [FaultPlan(merge=0.5, seed=s).merge_fails(r) for r in ids]
@@ -49,7 +53,13 @@ def test_a_failed_merge_is_a_failed_trial_and_the_search_goes_on(
     monkeypatch.setenv("MMMO_FAULTS", f"merge=0.5,seed={seed}")
 
     search = Search.open(spec)
-    assert run_inline(search, finish=True)
+    if executor == "prefect":
+        request.getfixturevalue("prefect_harness")
+        from flows.search import merge_search
+
+        assert merge_search(spec=str(path))["complete"]
+    else:
+        assert run_inline(search, finish=True)
     store = search.store
     trials = store.trials()
     assert [t.recipe_id for t in trials] == ids  # the whole budget, as proposed
@@ -59,7 +69,7 @@ def test_a_failed_merge_is_a_failed_trial_and_the_search_goes_on(
             assert t.error["kind"] == "merge" and "injected by MMMO_FAULTS" in t.error["message"]
             assert t.benchmarks["dbl"]["message"] == "not evaluated: the merge failed"
             assert t.values == [None, None]  # told to the optimizer as NaN
-            assert not store.exists(f"outcomes/merge-{t.recipe_id}.json")
+            assert search.outcomes.get(merge_key(t.recipe_id)) is None  # no merge info
         else:
             assert t.status == "complete" and t.error is None
     final = store.read_json("final.json")

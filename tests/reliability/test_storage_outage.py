@@ -6,8 +6,8 @@ second trial record, drops that request and then refuses every connection: as a 
 restarted S3 server whose data survives. Without Prefect the endpoint comes back OUTAGE_S
 seconds after the study store logged its first retry, so the outage always outlasts botocore's
 and s3fs's own retries (which alone last 2 to 6 s here). The store retries with backoff
-(:meth:`mmmo.study.StudyStore._retrying`), so the search (run without Prefect,
-:func:`mmmo.runtime.run_inline`) records every trial once.
+(:meth:`mmmo.fsfolder.FsFolder._retrying`), so the search (run without Prefect,
+:func:`mmmo.engine.run_inline`) records every trial once.
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path
                                       caplog: pytest.LogCaptureFixture) -> None:
     import s3fs
 
-    from mmmo.runtime import run_inline
+    from mmmo.engine import run_inline
+    from mmmo.fsfolder import FsFolder
     from mmmo.search import Search
     from mmmo.spec import parse_spec
-    from mmmo.study import StudyStore
 
     bucket = "mmmo-outage"
     s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(bucket)
@@ -158,7 +158,7 @@ def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path
     proxy = FlakyEndpoint((host, int(port)), b"PUT /mmmo-outage/studies/outage/trials/0001.json",
                           None)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setattr(StudyStore, "retry_seconds", 8 * OUTAGE_S)  # bounded, should it fail
+    monkeypatch.setattr(FsFolder, "retry_seconds", 8 * OUTAGE_S)  # bounded, should it fail
     logging.getLogger("mmmo.study").addHandler(back := _BackAfterFirstRetry(proxy))
     s3fs.S3FileSystem.clear_instance_cache()
     try:
@@ -190,8 +190,8 @@ def test_search_survives_an_s3_outage(s3_endpoint: str, tiny_spec: Any, tmp_path
 def test_flow_survives_an_s3_outage(prefect_harness: None, s3_endpoint: str, tiny_spec: Any,
                                     write_spec: Any, tmp_path: Path, mmmo_cli: Any,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same outage under the Prefect flow (``mmmo run``), hitting Prefect's own write of a
-    cached task result (``.prefect-results``) first, then the study's writes around it."""
+    """The same outage under the Prefect flow (``mmmo run``), hitting a write of the result
+    store (``.outcomes``) first, then the study's writes around it."""
     import s3fs
 
     from mmmo.study import StudyStore
@@ -199,7 +199,7 @@ def test_flow_survives_an_s3_outage(prefect_harness: None, s3_endpoint: str, tin
     bucket = "mmmo-outage-flow"
     s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(bucket)
     host, port = s3_endpoint.removeprefix("http://").split(":")
-    proxy = FlakyEndpoint((host, int(port)), f"PUT /{bucket}/studies/.prefect-results/".encode(),
+    proxy = FlakyEndpoint((host, int(port)), f"PUT /{bucket}/studies/.outcomes/".encode(),
                           OUTAGE_S)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     s3fs.S3FileSystem.clear_instance_cache()
