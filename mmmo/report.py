@@ -26,7 +26,7 @@ __all__ = ["Report", "StudyView", "build_report", "study_view"]
 
 @dataclass
 class StudyView:
-    """A study's trials as arrays, in evaluation order."""
+    """A study's trials as arrays, in the order they finished (their ``order``)."""
 
     spec: SearchSpec
     names: list[str]
@@ -65,7 +65,8 @@ def study_view(store: StudyStore) -> StudyView:
     """Load a study's spec, trials and final pick (if any) from its store."""
     spec = store.load_spec()
     names = spec.objective_names()
-    trials = store.trials()
+    trials = sorted(store.trials(), key=lambda t: (t.number if t.order is None else t.order,
+                                                   t.number))
     values = np.array([[np.nan if v is None else v for v in t.values] or [np.nan] * len(names)
                        for t in trials], dtype=float).reshape(len(trials), len(names))
     final = store.read_json("final.json") if store.exists("final.json") else {}
@@ -119,7 +120,8 @@ def plot_pareto(view: StudyView) -> bytes:
 
 
 def plot_hypervolume(view: StudyView) -> bytes:
-    """PNG: dominated hypervolume after each evaluation, with iteration boundaries."""
+    """PNG: dominated hypervolume after each evaluation in the order trials finished (batch
+    schedule: with iteration boundaries)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,14 +132,17 @@ def plot_hypervolume(view: StudyView) -> bytes:
     xs = np.arange(1, len(curve) + 1)
     ax.step(xs, curve, where="post", color="#1f6feb", linewidth=2)
     ax.plot(xs, curve, "o", color="#1f6feb", markersize=3)
+    batch = view.spec.optimizer.schedule == "batch"
     iters = [t.iteration for t in view.trials]
     for k in range(1, len(iters)):
-        if iters[k] != iters[k - 1]:
+        if batch and iters[k] != iters[k - 1]:
             ax.axvline(k + 0.5, color="#9aa5b1", linestyle="--", linewidth=1)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("evaluation (trial number + 1); dashed lines = iteration boundaries")
+    ax.set_xlabel("evaluations, in the order trials finished"
+                  + ("; dashed lines = iteration boundaries" if batch else
+                     " (asynchronous slots)"))
     ax.set_ylabel("hypervolume (maximised objectives)")
     ax.set_title("Dominated hypervolume per evaluation")
     ax.grid(alpha=0.3)
@@ -157,14 +162,15 @@ def _png(fig: Any) -> bytes:
 def trial_rows(view: StudyView) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the trial table (recipe parameters, objectives, status)."""
     params = _param_names(view.trials)
-    header = ["trial", "iter", "status", *view.names, *params, "recipe id"]
+    header = ["finished", "trial", "iter", "status", *view.names, *params, "recipe id"]
     front = view.pareto
     rows = []
     for k, t in enumerate(view.trials):
         objs = [_fmt(t.objectives.get(n)) for n in view.names]
         flat = t.params
         mark = "*" if front[k] else ""
-        rows.append([f"{t.number}{mark}", str(t.iteration), t.status, *objs,
+        done = "-" if t.order is None else str(t.order + 1)
+        rows.append([done, f"{t.number}{mark}", str(t.iteration), t.status, *objs,
                      *[_fmt(flat.get(p)) for p in params], t.recipe_id[:12]])
     return header, rows
 
@@ -262,13 +268,20 @@ def render_markdown(view: StudyView) -> str:
         front_rows = [r for r, f in zip(trial_rows(view)[1], view.pareto, strict=True) if f]
         parts += ["## Pareto front", "", _md_table(trial_rows(view)[0], front_rows), ""]
         curve, _ = view.hypervolume()
-        per_iter: dict[int, float] = {}
-        for t, hv in zip(view.trials, curve, strict=True):
-            per_iter[t.iteration] = hv
-        parts += ["## Hypervolume per iteration", "",
-                  _md_table(["iteration", "hypervolume"],
-                            [[str(k), f"{v:.4g}"] for k, v in per_iter.items()]), ""]
-        parts += ["## All trials (* = on the Pareto front)", "", _md_table(*trial_rows(view))]
+        if view.spec.optimizer.schedule == "batch":
+            per_iter: dict[int, float] = {}
+            for t, hv in zip(view.trials, curve, strict=True):
+                per_iter[t.iteration] = hv
+            parts += ["## Hypervolume per iteration", "",
+                      _md_table(["iteration", "hypervolume"],
+                                [[str(k), f"{v:.4g}"] for k, v in per_iter.items()]), ""]
+        else:
+            parts += ["## Hypervolume, in the order trials finished", "",
+                      _md_table(["finished", "trial", "hypervolume"],
+                                [[str(k + 1), str(t.number), f"{hv:.4g}"] for k, (t, hv) in
+                                 enumerate(zip(view.trials, curve, strict=True))]), ""]
+        parts += ["## All trials, in the order they finished (* = on the Pareto front)", "",
+                  _md_table(*trial_rows(view))]
     return "\n".join(parts) + "\n"
 
 

@@ -249,7 +249,8 @@ class Search:
     def trial_record(self, proposed: ProposedTrial, iteration: int, *, evaluation: Any,
                      merge: Mapping[str, Any] | None, error: Mapping[str, Any] | None = None,
                      timings: Mapping[str, float] | None = None, worker: str = "",
-                     documents: Mapping[str, int] | None = None) -> TrialRecord:
+                     documents: Mapping[str, int] | None = None,
+                     slot: int | None = None) -> TrialRecord:
         """A trial's record from its :meth:`assemble`'d evaluation and its merge info.
 
         A failed benchmark (or merge) makes the trial failed, with the first failure as its
@@ -278,7 +279,8 @@ class Search:
             stderrs=[_finite(v) for v in evaluation.stderrs],
             sparsity_by_group=dict((merge or {}).get("sparsity_by_group", {})),
             benchmarks={o.task: o.model_dump(mode="json") for o in evaluation.outcomes},
-            error=dict(error) if error else None, timings=dict(timings or {}), worker=worker)
+            error=dict(error) if error else None, timings=dict(timings or {}), worker=worker,
+            slot=slot)
 
     # ------------------------------------------------------------------ what a trial scores
 

@@ -144,7 +144,11 @@ class TrialRecord(_Record):
     """Per objective: the benchmark result or its typed failure (JSON)."""
     error: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    """Seconds per step (``merge_s``, ``eval_<task>_s``) and, for trials run by the engine's
+    own executors, when it started and ended on its slot (``started_at``/``ended_at``, Unix)."""
     worker: str = ""
+    slot: int | None = None
+    """The device slot it ran on (in the executor's numbering)."""
     finished_at: str = Field(default_factory=utcnow)
 
     @property

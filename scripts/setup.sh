@@ -29,6 +29,6 @@ echo "setting up $VENV (torch first, then the project; ~3 min on a fresh machine
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pip install "$(grep -E '^torch==' constraints.txt)"
-pip install -c constraints.txt -e ".[test]"
+pip install -c constraints.txt -e ".[test,dask]"
 echo "$want" > "$STAMP"
 echo "set-up done: $VENV" >&2

@@ -184,12 +184,14 @@ def trial_step(study_url: str, item: Mapping[str, Any], slot: int) -> dict[str, 
     """
     sess = session(study_url)
     search = sess.search
+    started = time.time()
     worker = f"{socket.gethostname()}:{os.getpid()}"  # where the trial ran (its pid now)
     try:
         info = merge_step(study_url, item["recipe"], slot)
     except Exception as exc:  # noqa: BLE001 - a failed merge is a failed trial
         return {"merge": None, "merge_error": _message(exc), "benchmarks": {},
-                "worker": worker}
+                "worker": worker, "slot": slot, "started_at": started,
+                "ended_at": time.time()}
     plan = search.trial_benchmarks(int(item.get("level", 0)))
     jobs = [(name, rng) for name, ranges in plan.items() for rng in ranges]
 
@@ -208,7 +210,8 @@ def trial_step(study_url: str, item: Mapping[str, Any], slot: int) -> dict[str, 
     benchmarks: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     for (name, _), out in zip(jobs, results, strict=True):
         benchmarks[name].append(out)
-    return {"merge": info, "merge_error": None, "benchmarks": benchmarks, "worker": worker}
+    return {"merge": info, "merge_error": None, "benchmarks": benchmarks, "worker": worker,
+            "slot": slot, "started_at": started, "ended_at": time.time()}
 
 
 def collect(merged: Any, benchmarks: Mapping[str, Any], *, worker: str = "") -> dict[str, Any]:
@@ -261,12 +264,13 @@ def record_step(study_url: str, item: Mapping[str, Any], iteration: int,
     error = None if merged is not None else {"kind": "merge",
                                              "message": result.get("merge_error") or ""}
     timings = {"merge_s": (merged or {}).get("seconds", 0.0),
-               **{f"eval_{o.task}_s": o.seconds for o in evaluation.outcomes}}
+               **{f"eval_{o.task}_s": o.seconds for o in evaluation.outcomes},
+               **{k: float(result[k]) for k in ("started_at", "ended_at") if k in result}}
     with _record_lock(study_url):
         record = search.trial_record(proposed, iteration, evaluation=evaluation, merge=merged,
                                      error=error, timings=timings,
                                      worker=str(result.get("worker") or _WORKER),
-                                     documents=documents)
+                                     documents=documents, slot=result.get("slot"))
         search.store.write_trial(record)
     return record.model_dump(mode="json")
 
