@@ -45,7 +45,9 @@ echo "setting up $VENV for the vLLM engine ($flavor build; a few minutes the fir
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 if [[ "$flavor" == cpu ]]; then
-  pip install "$CPU_TORCH"
+  # the CPU build: from the wheel on disk / the configured index, else PyTorch's CPU index
+  pip install "${CPU_TORCH}+cpu" 2>/dev/null \
+    || pip install "${CPU_TORCH}+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
   cons="$VENV/.torch-constraint.txt"
   echo "${CPU_TORCH}+cpu" > "$cons"
   pip install "$CPU_SPEC" -c "$cons"
