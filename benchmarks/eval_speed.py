@@ -7,7 +7,8 @@ batches them). Per backend and trial it prints the serve seconds (merge, reload)
 seconds, the trial total and the peak memory while the trial ran: this process's RSS, the
 engine processes' RSS, /dev/shm in use, and on CUDA the device memory in use (all processes)
 and this process's own allocations. Then the ratio hf / vllm of the median trial, and whether
-both backends gave the same scores. Start-up (resident sources, engine start) is printed apart:
+both backends gave the same scores. The backends take turns, trial by trial, so that both
+see the same load on a shared machine. Start-up (resident sources, engine start) is printed apart:
 a search pays it once per slot.
 
 Families: the fixture family (default; tasks dbl, rev, srt: multiple choice, and gen:
@@ -238,57 +239,59 @@ class Peaks:
 # ----------------------------------------------------------------------------- trials
 
 
-def _run_backend(name: str, spec: Any, recipes: list[Any], args: argparse.Namespace,
-                 logs: Path) -> dict[str, Any]:
-    import torch
-
-    from mmmo.evaluation import BenchmarkResult, evaluate_benchmark
+def _start(name: str, spec: Any, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """Build one backend (resident sources; for vllm the engine start)."""
     from mmmo.evaluation.backend import backend_for
 
-    cuda = torch.device(args.device) if args.device.startswith("cuda") else None
     started = time.perf_counter()
     backend = backend_for(spec, 0, args.device, logs)
     setup = time.perf_counter() - started
     engine = getattr(backend, "engine", None)
-    pgid = getattr(engine, "server_pid", None)
     print(f"[{name}] start-up {setup:.1f} s (resident sources"
           f"{', engine start' if engine is not None else ', model skeleton'})")
+    return {"backend": backend, "spec": spec, "setup": setup, "trials": [],
+            "pgid": getattr(engine, "server_pid", None)}
+
+
+def _trial(name: str, run: dict[str, Any], i: int, recipe: Any,
+           args: argparse.Namespace) -> None:
+    """Serve ``recipe`` and score every benchmark on it; print and keep the figures."""
+    import torch
+
+    from mmmo.evaluation import BenchmarkResult, evaluate_benchmark
+
+    backend, spec = run["backend"], run["spec"]
+    cuda = torch.device(args.device) if args.device.startswith("cuda") else None
     tasks = [spec.task(t.label) for t in spec.objectives.tasks]
-    trials = []
-    try:
-        for i, recipe in enumerate(recipes):
-            with Peaks(engine_pgid=pgid, shm_dir=spec.compute.engine.shm_dir, cuda=cuda) as mem:
-                t0 = time.perf_counter()
-                info = backend.serve_recipe(recipe)
-                t1 = time.perf_counter()
 
-                def one(task: Any) -> Any:
-                    return evaluate_benchmark(backend.lm(batch_size=args.batch_size), None, task,
-                                              batch_size=args.batch_size)
+    def one(task: Any) -> Any:
+        return evaluate_benchmark(backend.lm(batch_size=args.batch_size), None, task,
+                                  batch_size=args.batch_size)
 
-                if backend.concurrent:
-                    with ThreadPoolExecutor(len(tasks)) as pool:
-                        results = list(pool.map(one, tasks))
-                else:
-                    results = [one(t) for t in tasks]
-                t2 = time.perf_counter()
-            bad = [f"{r.task}: {r.kind}: {r.message}" for r in results
-                   if not isinstance(r, BenchmarkResult)]
-            if bad:
-                raise SystemExit(f"[{name}] trial {i}: benchmark failed: {'; '.join(bad)}")
-            timings = info["timings"]
-            reload = timings.get("reload", 0.0) + timings.get("reset_prefix_cache", 0.0)
-            trials.append({"serve": t1 - t0, "benchmarks": t2 - t1, "total": t2 - t0,
-                           "reload": reload, "merge": timings.get("merge", 0.0),
-                           "scores": {r.task: r.score for r in results},
-                           "request_seconds": {r.task: r.request_seconds for r in results},
-                           "memory": dict(mem.peak)})
-            print(f"[{name}] trial {i}: {t2 - t0:7.2f} s = serve {t1 - t0:6.2f} s (merge "
-                  f"{timings.get('merge', 0.0):.2f}, reload {reload:.2f}) + benchmarks "
-                  f"{t2 - t1:6.2f} s | {mem.line()}")
-    finally:
-        backend.close()
-    return {"setup": setup, "trials": trials}
+    with Peaks(engine_pgid=run["pgid"], shm_dir=spec.compute.engine.shm_dir, cuda=cuda) as mem:
+        t0 = time.perf_counter()
+        info = backend.serve_recipe(recipe)
+        t1 = time.perf_counter()
+        if backend.concurrent:
+            with ThreadPoolExecutor(len(tasks)) as pool:
+                results = list(pool.map(one, tasks))
+        else:
+            results = [one(t) for t in tasks]
+        t2 = time.perf_counter()
+    bad = [f"{r.task}: {r.kind}: {r.message}" for r in results
+           if not isinstance(r, BenchmarkResult)]
+    if bad:
+        raise SystemExit(f"[{name}] trial {i}: benchmark failed: {'; '.join(bad)}")
+    timings = info["timings"]
+    reload = timings.get("reload", 0.0) + timings.get("reset_prefix_cache", 0.0)
+    run["trials"].append({"serve": t1 - t0, "benchmarks": t2 - t1, "total": t2 - t0,
+                          "reload": reload, "merge": timings.get("merge", 0.0),
+                          "scores": {r.task: r.score for r in results},
+                          "request_seconds": {r.task: r.request_seconds for r in results},
+                          "memory": dict(mem.peak)})
+    print(f"[{name}] trial {i}: {t2 - t0:7.2f} s = serve {t1 - t0:6.2f} s (merge "
+          f"{timings.get('merge', 0.0):.2f}, reload {reload:.2f}) + benchmarks "
+          f"{t2 - t1:6.2f} s | {mem.line()}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -332,9 +335,18 @@ def main(argv: list[str] | None = None) -> None:
               f"({', '.join(t['task'].split('/')[-1] for t in fam['tasks'])}), limits "
               f"{args.limit}/{args.gen_limit}; device {args.device}, dtype {dtype}, torch "
               f"threads {torch.get_num_threads()}, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        out = {}
-        for name in backends:
-            out[name] = _run_backend(name, specs[name], recipes, args, workdir / "logs")
+        out: dict[str, Any] = {}
+        try:
+            for name in backends:
+                out[name] = _start(name, specs[name], args, workdir / "logs")
+            # trial by trial, the backends in turn: both see the same load on a shared machine
+            for i, recipe in enumerate(recipes):
+                for name in backends:
+                    _trial(name, out[name], i, recipe, args)
+        finally:
+            for run in out.values():
+                run.pop("backend").close()
+                run.pop("spec")
         print("\n| backend | start-up s | trial s (median) | serve s | benchmarks s |")
         print("|---|---:|---:|---:|---:|")
         med = {}

@@ -98,3 +98,24 @@ def test_environment_against_the_spec(tmp_path) -> None:
         lambda: preflight(port))
     shm = support.fixture_spec(vllm={"shm_dir": str(tmp_path / "missing")})
     assert "compute.vllm.shm_dir: is not a writable folder" in _error(lambda: preflight(shm))
+
+
+def test_stale_shared_memory_is_swept(tmp_path) -> None:
+    """A checkpoint whose writer died (SIGKILL mid-serve) is removed; a live one is kept."""
+    import os
+    import subprocess
+
+    import torch
+
+    from mmmo.evaluation.vllm.weights import ShmCheckpoint, sweep_stale
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"mmmo-weights-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x")
+    live = ShmCheckpoint(tmp_path, {"w": ((2,), torch.float32)})
+    assert live.folder.name.startswith(f"mmmo-weights-{os.getpid()}-")
+    assert sweep_stale(tmp_path) == [stale]
+    assert not stale.exists() and live.folder.exists()
+    live.remove()

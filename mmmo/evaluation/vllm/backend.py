@@ -17,7 +17,7 @@ from typing import Any
 
 from mmmo.evaluation.vllm.client import EngineHTTPError
 from mmmo.evaluation.vllm.engine import AttachedEngine, Engine, EngineError
-from mmmo.evaluation.vllm.weights import ShmCheckpoint, load_into_engine
+from mmmo.evaluation.vllm.weights import ShmCheckpoint, load_into_engine, sweep_stale
 
 __all__ = ["VLLMBackend"]
 
@@ -55,6 +55,8 @@ class VLLMBackend:
         self._local = threading.local()
         self._max_len: int | None = None
         self._served_name: str | None = None
+        for folder in sweep_stale(shm_dir):
+            LOG.warning("removed %s, left on shared memory by a process that died", folder)
         if not engine.healthy():
             engine.start()
         self._describe()

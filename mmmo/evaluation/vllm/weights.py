@@ -34,7 +34,7 @@ import torch
 
 from mmmo.evaluation.vllm.client import post_json
 
-__all__ = ["ShmCheckpoint", "load_into_engine"]
+__all__ = ["ShmCheckpoint", "load_into_engine", "sweep_stale"]
 
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 FILE_NAME = "model.safetensors"
@@ -128,6 +128,27 @@ class ShmCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def sweep_stale(root: str | Path) -> list[Path]:
+    """Remove checkpoints that processes no longer alive left in ``root`` (a SIGKILL in the
+    middle of a serve leaves one: RAM on tmpfs until someone deletes it). Returns them."""
+    removed = []
+    for folder in Path(root).glob("mmmo-weights-*-*"):
+        try:
+            pid = int(folder.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its writer still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def load_into_engine(url: str, folder: str | Path, *, timeout: float) -> dict[str, float]:
