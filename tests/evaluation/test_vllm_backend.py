@@ -266,6 +266,9 @@ def test_killed_mid_benchmark_restart_and_retry(engine_backend, swaps, recipes) 
     worker = threading.Thread(target=lambda: box.setdefault("out", _score(engine_backend, task,
                                                                            batch_size=4)))
     worker.start()
+    from mmmo._watchdog import _mapped_shm
+
+    segments = _mapped_shm(pid)  # vLLM's shared-memory queues: a SIGKILL cannot remove them
     deadline = time.monotonic() + 120
     while log.read_text(errors="replace").count("POST /v1/completions") == lines:
         assert time.monotonic() < deadline and worker.is_alive(), "no request reached the engine"
@@ -277,6 +280,7 @@ def test_killed_mid_benchmark_restart_and_retry(engine_backend, swaps, recipes) 
     engine_backend.restart()
     assert engine_backend.serving is None and engine.server_pid not in (None, pid)
     assert engine_backend.healthy() and engine.starts == 2
+    assert segments and not [p for p in segments if Path(p).exists()], "shared memory leaked"
     engine_backend.serve_recipe(recipe)
     again = support.per_doc(_score(engine_backend, _tasks()["dbl"]), "acc")
     support.compare(again, swaps[recipe.recipe_id], what="fresh engine after restart",
@@ -321,12 +325,17 @@ def test_parent_sigkilled_leaves_no_engine(orphan_child, swaps, recipes) -> None
     data = json.loads(out.read_text())
     group = _server_group(data["pid"])
     assert data["pid"] in group and len(group) >= 2, group  # API server + engine core
+    from mmmo._watchdog import _mapped_shm
+
+    segments = _mapped_shm(data["pid"])
     child.kill()
     child.wait()
     deadline = time.monotonic() + 60
-    while _server_group(data["pid"]) and time.monotonic() < deadline:
+    while (_server_group(data["pid"]) or any(Path(p).exists() for p in segments)) \
+            and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _server_group(data["pid"]), "engine processes outlived their parent"
+    assert not [p for p in segments if Path(p).exists()], "shared memory outlived the engine"
     fresh = support.per_doc(BenchmarkResult.model_validate(data["result"]), "acc")
     support.compare(fresh, swaps[recipes[4].recipe_id], what="fresh engine in a child process",
                     loglikelihood=True)

