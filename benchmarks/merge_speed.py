@@ -190,6 +190,22 @@ def _bandwidth(device: torch.device) -> tuple[float | None, float | None, str]:
     return spec, measured, props.name
 
 
+def _memory(device: torch.device) -> str:
+    """Host RSS now and at its peak so far; on CUDA this process's peak device allocation."""
+    import resource
+
+    rss = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    text = f"host RSS {rss / 2**30:.2f} GiB (peak so far {peak / 2**30:.2f} GiB)"
+    if device.type == "cuda":
+        text += (f", device peak allocated {torch.cuda.max_memory_allocated(device) / 2**30:.2f}"
+                 " GiB this trial")
+    return text
+
+
 def _disk_trial(recipe: Recipe, device: torch.device, tmp: Path) -> tuple[float, dict]:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -246,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         identical = None
         for i, recipe in enumerate(recipes):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
             t0 = time.perf_counter()
             result = mat.materialize(recipe)
@@ -269,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"trial {i}: (a) in-memory {a:8.3f} s | (b) run_merge+reload {b:8.3f} s | "
                   f"ratio b/a {b / a:6.2f} | merge math alone {math:8.3f} s | "
                   f"sparsity {result.sparsity:.6g}")
+            print(f"trial {i} memory: {_memory(device)}")
 
         med = [statistics.median(col) for col in zip(*rows, strict=True)][:3]
         print(f"median: (a) {med[0]:.3f} s | (b) {med[1]:.3f} s | ratio b/a {med[1] / med[0]:.2f}"

@@ -65,7 +65,7 @@ _LOCK = threading.Lock()
 
 def spawn(cmd: Sequence[str], *, name: str, log: Path | None = None,
           env: Mapping[str, str] | None = None, cwd: Path | None = None,
-          grace: float = 10.0) -> Spawned:
+          grace: float = 10.0, sweep_shm: bool = False) -> Spawned:
     """Start ``cmd`` so that it cannot outlive this process.
 
     Args:
@@ -75,6 +75,8 @@ def spawn(cmd: Sequence[str], *, name: str, log: Path | None = None,
         env: Its environment (default: this process's).
         cwd: Its working directory.
         grace: Seconds between SIGTERM and SIGKILL when it is stopped.
+        sweep_shm: Once the command's group is gone, delete the ``/dev/shm`` files it had
+            mapped that no other process maps (what a SIGKILLed vLLM engine leaves).
     """
     out = subprocess.DEVNULL
     handle = None
@@ -84,7 +86,8 @@ def spawn(cmd: Sequence[str], *, name: str, log: Path | None = None,
         out = handle
     try:
         proc = subprocess.Popen(
-            [sys.executable, str(_WATCHDOG), str(os.getpid()), str(grace), "--", *cmd],
+            [sys.executable, str(_WATCHDOG), str(os.getpid()), str(grace),
+             *(["--sweep-shm"] if sweep_shm else []), "--", *cmd],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None, cwd=cwd)
     finally:

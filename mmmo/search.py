@@ -449,9 +449,11 @@ def check_inputs(spec: SearchSpec, *, storage: bool = False) -> None:
         SpecError, HomologyError, StudyError: one line naming the field and the fix.
     """
     from mmmo.evaluation import validate_tasks
+    from mmmo.evaluation.vllm import preflight as engine_preflight
 
     check_device(spec.compute.device)
     _check_models(spec)
+    engine_preflight(spec)
     validate_tasks(spec.objectives.tasks, field="objectives.tasks")
     validate_tasks(spec.heldout, field="heldout")
     if storage:

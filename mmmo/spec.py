@@ -54,6 +54,7 @@ __all__ = [
     "SearchSpec",
     "SparsitySpec",
     "TaskSpec",
+    "VLLMSpec",
     "load_spec",
     "parse_spec",
 ]
@@ -464,6 +465,80 @@ class BaselineSpec(_Frozen):
         return f"{self.method or 'method'} w={w} d={self.density:g}"
 
 
+class VLLMSpec(_Frozen):
+    """How the ``vllm`` evaluation backend gets its engine (one per device slot).
+
+    Either mm-mo starts one engine per slot from the base model, with ``python`` (or
+    ``command``) of the engine's own environment (default: the project's ``.venv-vllm``, made
+    by ``make setup-vllm``), or it attaches to engines the user already runs (``url``). Checked
+    before any work by :func:`mmmo.evaluation.vllm.preflight`.
+    """
+
+    python: str | None = None
+    """The engine environment's interpreter (default: ``$MMMO_VLLM_PYTHON``, else the
+    project's ``.venv-vllm/bin/python``)."""
+    command: list[str] | None = None
+    """Instead of ``python``: a launcher that runs that interpreter, e.g.
+    ``[conda, run, -n, vllm, python]``; ``-m vllm.entrypoints.openai.api_server ...`` follows."""
+    url: str | list[str] | None = None
+    """An engine already running on this machine (one per slot), e.g.
+    ``http://127.0.0.1:8000``, started on the base with ``VLLM_SERVER_DEV_MODE=1``."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """The engine's dtype (default: ``compute.dtype``)."""
+    max_model_len: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.6, gt=0, le=1)
+    """Share of the card the engine takes; the rest holds the per-tensor merge math."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    cpu_kvcache_space_gib: float = Field(default=1.0, gt=0)
+    """KV cache of an engine on CPU (``VLLM_CPU_KVCACHE_SPACE``)."""
+    num_concurrent: int = Field(default=8, ge=1)
+    """Requests one benchmark keeps in flight (the engine batches them)."""
+    startup_timeout_seconds: float = Field(default=600.0, gt=0)
+    health_timeout_seconds: float = Field(default=10.0, gt=0)
+    request_timeout_seconds: float = Field(default=600.0, gt=0)
+    shm_dir: str = "/dev/shm"
+    """Shared memory where each trial's merged weights pass to the engine (then removed)."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More engine arguments, passed as they are (e.g. ``[--max-num-seqs, "64"]``)."""
+
+    @model_validator(mode="after")
+    def _check_route(self) -> VLLMSpec:
+        if self.python is not None and self.command is not None:
+            raise FieldProblem("python and command are both set", "keep one of them",
+                               field="command", value=self.command, has_value=True)
+        if self.command is not None and not self.command:
+            raise FieldProblem("is empty", "give the launcher's words, e.g. [conda, run, "
+                               "-n, vllm, python], or remove it", field="command",
+                               value=self.command, has_value=True)
+        if self.url is not None:
+            starts = {k: getattr(self, k) for k in ("python", "command", "max_model_len",
+                                                   "dtype", "extra_args")
+                      if getattr(self, k)}
+            if starts:
+                key = next(iter(starts))
+                raise FieldProblem("starts an engine, but url attaches to a running one",
+                                   f"remove {key} (start your engine with those "
+                                   "arguments) or remove url", field=key,
+                                   value=starts[key], has_value=True)
+            urls = [self.url] if isinstance(self.url, str) else self.url
+            if not urls:
+                raise FieldProblem("is an empty list", "give one URL per device slot",
+                                   field="url", value=self.url, has_value=True)
+            for u in urls:
+                if not re.match(r"^https?://[^/\s]+", u):
+                    raise FieldProblem("is not an http(s) URL", "write it like "
+                                       "http://127.0.0.1:8000", field="url", value=u,
+                                       has_value=True)
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        """``url`` as a list (empty when mm-mo starts the engines)."""
+        if self.url is None:
+            return []
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
 class ComputeSpec(_Frozen):
     """Where trials run: device, precision, evaluation batch size, concurrency."""
 
@@ -481,6 +556,29 @@ class ComputeSpec(_Frozen):
     of ``max_concurrent_trials`` worker processes is started for the run."""
     trust_remote_code: bool = False
     """Let transformers run Python code shipped with the models; off unless a spec sets it."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Evaluation backend: ``hf`` (in-process transformers) or ``vllm`` (an engine per slot)."""
+    vllm: VLLMSpec | None = None
+    """The ``vllm`` backend's engine settings (defaults when omitted)."""
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> ComputeSpec:
+        if self.vllm is not None and self.backend != "vllm":
+            raise FieldProblem("is set but compute.backend is hf", "set compute.backend: "
+                               "vllm, or remove compute.vllm", field="vllm",
+                               has_value=False)
+        urls = self.vllm.urls if self.vllm is not None else []
+        if urls and len(urls) < self.max_concurrent_trials:
+            raise FieldProblem(f"gives {len(urls)} engine(s) for {self.max_concurrent_trials}"
+                               " concurrent trials (one engine serves one trial at a time)",
+                               "give one URL per slot, or lower compute.max_concurrent_trials",
+                               field="vllm.url", value=self.vllm.url, has_value=True)
+        return self
+
+    @property
+    def engine(self) -> VLLMSpec:
+        """The vLLM settings in force (``vllm`` or the defaults)."""
+        return self.vllm if self.vllm is not None else VLLMSpec()
 
     @field_validator("runner", mode="before")
     @classmethod

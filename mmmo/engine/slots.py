@@ -82,17 +82,16 @@ def drop_backends() -> None:
 
 
 def make_backend(spec: SearchSpec, index: int, device: str) -> Any:
-    """A new evaluation backend of slot ``index`` on ``device``, as the spec configures it."""
-    backend = getattr(spec.compute, "backend", "hf")
+    """A new evaluation backend of slot ``index`` on ``device``, as the spec configures it
+    (``hf``: a resident model in this process; ``vllm``: an engine process, logging to the
+    run's log folder)."""
+    import os
+
+    from mmmo._env import cache_dir
+    from mmmo.evaluation.backend import backend_for
+
     LOADS["backends"] += 1
-    if backend == "vllm":
-        from mmmo.evaluation.vllm import backend_for
-
-        return backend_for(spec, index, device)
-    from mmmo.evaluation.backend import HFBackend
-    from mmmo.merging import Materializer
-
-    return HFBackend(Materializer.from_spec(spec, device=device))
+    return backend_for(spec, index, device, cache_dir() / "logs" / f"engines-{os.getpid()}")
 
 
 class Slot:

@@ -132,12 +132,18 @@ def _evaluate(sess: Session, slot: Any, serve: Any, task: Any, docs: DocRange, *
               fault_id: str) -> dict[str, Any]:
     """Serve, score, and retry under ``evaluation.retries`` (restarting a dead backend)."""
     from mmmo.evaluation import EvalFailure, evaluate_benchmark
+    from mmmo.evaluation.vllm.engine import EngineError
 
     spec = sess.search.spec
     policy = spec.evaluation
     out: Any = None
     for attempt in range(policy.retries + 1):
-        serve()
+        try:
+            serve()
+        except EngineError as exc:  # the engine died or hung while taking the weights
+            out = EvalFailure(kind="exception", task=task.label, message=_message(exc))
+            _recover(slot, out, attempt, policy, task, fault_id)
+            continue
         backend = slot.backend
         model, tokenizer = _target(backend, task.batch_size or spec.compute.batch_size)
         with hooks.evaluating(fault_id, attempt):
@@ -146,17 +152,22 @@ def _evaluate(sess: Session, slot: Any, serve: Any, task: Any, docs: DocRange, *
                                      timeout_s=policy.timeout_seconds)
         if not isinstance(out, EvalFailure) or out.kind == "nan":
             break
-        if not backend.healthy():
-            LOG.warning("slot %d: the %s backend stopped answering; restarting it", slot.index,
-                        backend.name)
-            slot.restart()
-        if attempt < policy.retries:
-            delay = _delay(policy.retry_delay_seconds, attempt)
-            LOG.info("benchmark %s of %s failed (%s: %s); retry %d of %d in %.1f s",
-                     task.label, fault_id[:8], out.kind, out.message, attempt + 1,
-                     policy.retries, delay)
-            time.sleep(delay)
+        _recover(slot, out, attempt, policy, task, fault_id)
     return out.model_dump(mode="json")
+
+
+def _recover(slot: Any, out: Any, attempt: int, policy: Any, task: Any, fault_id: str) -> None:
+    """After a failed attempt: restart a backend that stopped answering, wait the delay."""
+    backend = slot.backend
+    if not backend.healthy():
+        LOG.warning("slot %d: the %s backend stopped answering; restarting it", slot.index,
+                    backend.name)
+        slot.restart()
+    if attempt < policy.retries:
+        delay = _delay(policy.retry_delay_seconds, attempt)
+        LOG.info("benchmark %s of %s failed (%s: %s); retry %d of %d in %.1f s", task.label,
+                 fault_id[:8], out.kind, out.message, attempt + 1, policy.retries, delay)
+        time.sleep(delay)
 
 
 def _target(backend: Any, batch_size: int | str) -> tuple[Any, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["EvalBackend", "HFBackend"]
+__all__ = ["EvalBackend", "HFBackend", "backend_for"]
 
 
 @runtime_checkable
@@ -114,3 +114,28 @@ class HFBackend:
         if self.materializer.model is not None:
             release_lm(self.materializer.model)
         self.materializer.close()
+
+
+def backend_for(spec: Any, slot_index: int, device: str, log_dir: Any) -> EvalBackend:
+    """The evaluation backend of one device slot, as ``spec.compute.backend`` says.
+
+    ``hf``: an :class:`HFBackend` over a resident Materializer on ``device``. ``vllm``: a
+    :class:`~mmmo.evaluation.vllm.VLLMBackend` (its engine started, or attached by URL, and
+    answering; its log ``vllm-slot<slot_index>.log`` in ``log_dir``). Call
+    :func:`mmmo.evaluation.vllm.preflight` before the first slot is built.
+
+    Args:
+        spec: The search spec.
+        slot_index: The slot's index (0-based).
+        device: The slot's device (``cpu``, ``cuda:<k>``, ``auto``...).
+        log_dir: The run's log folder.
+    """
+    from pathlib import Path
+
+    if spec.compute.backend == "vllm":
+        from mmmo.evaluation.vllm import vllm_backend
+
+        return vllm_backend(spec, slot_index=slot_index, device=device, log_dir=Path(log_dir))
+    from mmmo.merging.materialize import Materializer
+
+    return HFBackend(Materializer.from_spec(spec, device=device))

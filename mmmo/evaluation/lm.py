@@ -198,12 +198,13 @@ _timed_cls: type[HFLM] | None = None
 
 
 def get_lm(model: Any, tokenizer: Any, *, batch_size: int | str = 32,
-           device: str | None = None) -> HFLM:
+           device: str | None = None) -> Any:
     """The HFLM wrapping ``model`` (built on first use, then re-used across trials).
 
     Args:
         model: A transformers causal LM, already on its device (HFLM evaluates a model object
-            where it lives), or any lm-eval ``LM`` (returned as is).
+            where it lives), or any lm-eval ``LM`` (an HFLM, the vLLM backend's completions
+            model: returned as is).
         tokenizer: Its tokenizer.
         batch_size: Evaluation batch size, or ``"auto"`` (HFLM finds one by halving on OOM).
         device: Expected device (``cpu``, ``cuda``, ``cuda:1``, ``mps``); None or ``auto``
@@ -215,7 +216,7 @@ def get_lm(model: Any, tokenizer: Any, *, batch_size: int | str = 32,
     global _timed_cls
     from lm_eval.api.model import LM
 
-    if isinstance(model, LM):
+    if isinstance(model, LM):  # an HFLM, or another backend's LM (e.g. vLLM's completions)
         return model
     check_device(model, device)
     # the device is part of the key: HFLM reads it once, and a resident model may be moved

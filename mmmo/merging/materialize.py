@@ -33,15 +33,23 @@ sparsity objective is accumulated: ``sum |merged - base|`` over every parameter,
 summed in fp32 (in chunks of 64M elements) and the per-tensor sums added in fp64, grouped by
 :func:`sparsity_group` (``embed_tokens``, ``layers.<i>``, ``norm``, ``lm_head``). No second
 pass over the model, no second load.
+
+Without a model (``skeleton=False``, the vLLM backend's mode) nothing of transformers is built:
+:meth:`Materializer.stream` runs the same plan, order, seed and sums, and hands each merged
+tensor (HF name, the Materializer's dtype, on the math device) to a sink instead of copying it
+into a parameter; the tensors come out one at a time, so the merged model is never whole in
+this process. Its parameters are the base checkpoint's tensors, less the output embedding of a
+model with tied embeddings (what transformers' ``named_parameters`` lists).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -140,13 +148,16 @@ class Materializer:
         check: Run :func:`check_homology` first (default True).
         trust_remote_code: Let transformers run Python code shipped with the base model (its
             config, tokenizer and model classes); off by default.
+        skeleton: Build the resident transformers model (default). False: no model at all;
+            recipes are merged only through :meth:`stream` / :meth:`stream_model` (the
+            resident sources stay where ``resident`` puts them, on one math device).
     """
 
     def __init__(self, base: ModelEntry | Any | str, sources: Sequence[ModelEntry | Any | str],
                  *, device: str | torch.device = "auto", dtype: str = "float32",
                  resident: Literal["auto", "device", "cpu"] = "auto",
                  max_memory: dict[Any, Any] | None = None, check: bool = True,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, skeleton: bool = True) -> None:
         started = time.perf_counter()
         self.trust_remote_code = bool(trust_remote_code)
         self.base = _entry(base)
@@ -182,10 +193,19 @@ class Materializer:
             raise MergeError(f"mergekit has no architecture definition for "
                              f"{self.config.architectures[0]} (model_type "
                              f"{self.config.model_type})")
-        self.model = self._skeleton(max_memory)
-        self._params: dict[str, torch.nn.Parameter] = dict(self.model.named_parameters())
+        self.skeleton = bool(skeleton)
+        if self.skeleton:
+            self.model = self._skeleton(max_memory)
+            self._params: dict[str, torch.nn.Parameter] = dict(self.model.named_parameters())
+            self._layout = {n: tuple(p.shape) for n, p in self._params.items()}
+        else:
+            self.model = None
+            self._device_map = {"": self.device}
+            self._params = {}
+            self._layout = self._checkpoint_layout(base_dir)
         self._resident = self._load_resident(resident)
-        self._fill_from_base()
+        if self.skeleton:
+            self._fill_from_base()
         self.setup_seconds = time.perf_counter() - started
 
     @classmethod
@@ -262,6 +282,17 @@ class Materializer:
                 best, dev = len(module), d
         return dev
 
+    def _checkpoint_layout(self, base_dir: Any) -> dict[str, tuple[int, ...]]:
+        """Parameter name -> shape without a model: the base checkpoint's tensors, less an
+        output embedding tied to a tensor the checkpoint has (mergekit's ``tied_names``)."""
+        heads = read_tensor_headers(base_dir)
+        tied: set[str] = set()
+        if getattr(self.config, "tie_word_embeddings", False):
+            for weight in self.arch_info.all_weights(self.config):
+                if weight.tied_names and any(t in heads for t in weight.tied_names):
+                    tied.add(weight.name)
+        return {name: tuple(h.shape) for name, h in heads.items() if name not in tied}
+
     def _load_resident(self, policy: str) -> dict[str, dict[str, torch.Tensor]]:
         """``{local path: {tensor name: tensor}}`` for base and sources, read once."""
         from safetensors import safe_open
@@ -301,7 +332,8 @@ class Materializer:
             return {}
         if policy == "device" or any(d.type not in ("cuda",) for d in devices):
             return {d: 1 << 62 for d in devices}
-        largest = max(p.numel() for p in self._params.values())
+        largest = max(p.numel() for p in self._params.values()) if self._params else max(
+            math.prod(shape) for shape in self._layout.values())
         n = len(self.sources)
         # mergekit's per-tensor workspace for the largest tensor: the stacked deltas, their
         # weighted/masked copies and signs (~3n tensors), a few single temporaries, the bool
@@ -427,6 +459,7 @@ class Materializer:
             MergeError: mergekit failed, or the merged weights are not finite.
         """
         started = time.perf_counter()
+        self._need_model("materialize")
         self._check_recipe(recipe)
         with self._lock:
             self._current = self._last = None
@@ -479,11 +512,8 @@ class Materializer:
         ``sparsity`` is that model's distance to the base.
         """
         started = time.perf_counter()
-        entry = next((m for m in (self.base, *self.sources)
-                      if model in (m.label, m.ref, m.fingerprint)), None)
-        if entry is None:
-            raise ValueError(f"{model!r} is not a model of this Materializer (known: "
-                             f"{[m.label for m in (self.base, *self.sources)]})")
+        self._need_model("load_model")
+        entry = self._model_entry(model)
         with self._lock, torch.no_grad():
             self._current = self._last = None
             tensors = self._resident[str(self._paths[entry.ref])]
@@ -504,9 +534,105 @@ class Materializer:
             self._current, self._last = result.recipe_id, result
         return result
 
+    # ------------------------------------------------------------------ streaming
+
+    def tensor_layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """``{name: (shape, dtype)}`` of every tensor :meth:`stream` hands out (HF names)."""
+        return {name: (shape, self.dtype) for name, shape in self._layout.items()}
+
+    def stream(self, recipe: Recipe, sink: Callable[[str, torch.Tensor], None]) -> MergeResult:
+        """Merge ``recipe`` tensor by tensor into ``sink``; no resident model is touched.
+
+        Same plan, order, seed and sparsity sums as :meth:`materialize` (the tensors are
+        bit-identical to the parameters it would write): ``sink(name, tensor)`` receives every
+        name of :meth:`tensor_layout` once, each tensor in the Materializer's dtype on the math
+        device, valid only during the call (copy it out). The result's ``model`` is None.
+
+        Raises:
+            ValueError: the recipe's models or dtype are not this Materializer's.
+            MergeError: mergekit failed, or the merged weights are not finite.
+            Exception: whatever ``sink`` raises (the merge stops there).
+        """
+        started = time.perf_counter()
+        self._check_recipe(recipe)
+        with self._lock:
+            _injected_merge_fault(recipe.recipe_id)
+            sums: dict[str, torch.Tensor] = {}
+            covered: set[str] = set()
+            base = self._resident[str(self._paths[self.base.ref])]
+            tasks = self._plan(recipe)
+            plan_done = time.perf_counter()
+            with torch.no_grad():
+                for i, (name, merged) in enumerate(self._run(recipe, tasks)):
+                    if i == len(tasks) // 2:
+                        crash_point("merge:halfway")
+                    if name not in self._layout:
+                        continue  # e.g. lm_head of a tied model: not a separate parameter
+                    tensor = merged.to(self.dtype)
+                    covered.add(name)
+                    ref = base[name].to(tensor.device, non_blocking=True)
+                    _add(sums, sparsity_group(name), _l1(tensor, ref))
+                    sink(name, tensor)
+                    del merged, tensor
+                for name in self._uncovered_params(covered):
+                    tensor = base[name].to(self._device_of(name), non_blocking=True)
+                    sums.setdefault(sparsity_group(name),
+                                    torch.zeros((), dtype=torch.float64, device=tensor.device))
+                    sink(name, tensor)
+            by_group = {g: float(v) for g, v in sums.items()}
+            total = float(sum(by_group.values()))
+            if not torch.isfinite(torch.tensor(total)):
+                bad = [g for g, v in by_group.items() if not torch.isfinite(torch.tensor(v))]
+                raise MergeError(f"recipe {recipe.recipe_id}: merged weights are not finite "
+                                 f"(groups {bad[:5]}); e.g. linear with all weights 0 and "
+                                 "normalize, or an overflow in float16")
+            done = time.perf_counter()
+            return MergeResult(model=None, tokenizer=self.tokenizer, sparsity=total,
+                               sparsity_by_group=by_group, seconds=done - started,
+                               recipe_id=recipe.recipe_id,
+                               timings={"plan": plan_done - started, "merge": done - plan_done})
+
+    def stream_model(self, model: str, sink: Callable[[str, torch.Tensor], None]) -> MergeResult:
+        """Hand the base's or a source's own resident tensors to ``sink`` (as :meth:`stream`).
+
+        ``model`` is a label, ref or fingerprint; the result is :meth:`load_model`'s (its
+        ``recipe_id`` is ``model-<fingerprint>``, ``sparsity`` the distance to the base).
+        """
+        started = time.perf_counter()
+        entry = self._model_entry(model)
+        with self._lock, torch.no_grad():
+            tensors = self._resident[str(self._paths[entry.ref])]
+            base = self._resident[str(self._paths[self.base.ref])]
+            sums: dict[str, torch.Tensor] = {}
+            for name in self._layout:
+                tensor = tensors[name].to(self._device_of(name), non_blocking=True)
+                _add(sums, sparsity_group(name),
+                     _l1(tensor, base[name].to(tensor.device, non_blocking=True)))
+                sink(name, tensor)
+            by_group = {g: float(v) for g, v in sums.items()}
+            seconds = time.perf_counter() - started
+            return MergeResult(model=None, tokenizer=self.tokenizer,
+                               sparsity=float(sum(by_group.values())),
+                               sparsity_by_group=by_group, seconds=seconds,
+                               recipe_id=f"model-{entry.fingerprint}",
+                               timings={"plan": 0.0, "merge": seconds})
+
+    def _model_entry(self, model: str) -> ModelEntry:
+        entry = next((m for m in (self.base, *self.sources)
+                      if model in (m.label, m.ref, m.fingerprint)), None)
+        if entry is None:
+            raise ValueError(f"{model!r} is not a model of this Materializer (known: "
+                             f"{[m.label for m in (self.base, *self.sources)]})")
+        return entry
+
+    def _need_model(self, what: str) -> None:
+        if not self.skeleton:
+            raise ValueError(f"{what} needs the resident model: this Materializer was built "
+                             "with skeleton=False (use stream / stream_model)")
+
     def _uncovered_params(self, covered: set[str]) -> list[str]:
         if self._uncovered is None:
-            self._uncovered = sorted(set(self._params) - covered)
+            self._uncovered = sorted(set(self._layout) - covered)
             if self._uncovered:
                 LOG.warning("mergekit's plan does not produce %s; they keep the base's values",
                             self._uncovered[:5])
@@ -560,6 +686,10 @@ def _with_architectures(config: Any) -> Any:
                 "in the model folders)", name)
     config.architectures = [name]
     return config
+
+
+def _add(sums: dict[str, torch.Tensor], group: str, value: torch.Tensor) -> None:
+    sums[group] = sums[group] + value if group in sums else value
 
 
 def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
