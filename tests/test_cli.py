@@ -48,8 +48,8 @@ def _spec(folder: Path, storage: Path, **changes: Any) -> Path:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A finished 4-trial study (run without Prefect) and its report."""
-    from mmmo.report import build_report
     from mmmo.engine import run_inline
+    from mmmo.report import build_report
     from mmmo.search import Search
     from mmmo.spec import load_spec
 
