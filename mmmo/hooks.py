@@ -3,8 +3,9 @@
 Two environment variables drive them (tests set them; users leave them unset):
 
 ``MMMO_CRASH_AT`` -- kill the process (SIGKILL, no clean-up) at a crash point: ``N`` at the N-th
-point passed, ``<name or shell pattern>`` at the first matching one (``trial:2:merged``,
-``write:outcomes/*:staged``). ``MMMO_CRASH_LOG=<file>`` appends ``<pid> <count> <point>`` for each
+point passed, ``<name or shell pattern>`` at the first matching one (``merge:done:*``,
+``write:bench-*:staged``), ``<pattern A> >> <pattern B>`` at the first point matching B passed
+after one matching A. ``MMMO_CRASH_LOG=<file>`` appends ``<pid> <count> <point>`` for each
 point passed; ``MMMO_CRASH_ONCE=<file>`` crashes only if that file does not exist yet and
 creates it first (so a trial re-run elsewhere, e.g. on another Dask worker, passes the point).
 
@@ -41,6 +42,7 @@ FAULTS_ENV = "MMMO_FAULTS"
 Fault = Literal["raise", "timeout", "nan", "oom"]
 
 _PASSED = [0]
+_ARMED = [False]
 
 
 def crash_point(name: str) -> None:
@@ -52,6 +54,12 @@ def crash_point(name: str) -> None:
     if log:
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"{os.getpid()} {_PASSED[0]} {name}\n")
+    if at and ">>" in at:
+        first, then = (part.strip() for part in at.split(">>", 1))
+        if not _ARMED[0]:
+            _ARMED[0] = fnmatch.fnmatchcase(name, first)
+            return
+        at = then
     if at and (_PASSED[0] == int(at) if at.isdigit() else fnmatch.fnmatchcase(name, at)):
         once = os.environ.get("MMMO_CRASH_ONCE")
         if once:

@@ -65,8 +65,12 @@ def study_view(store: StudyStore) -> StudyView:
     """Load a study's spec, trials and final pick (if any) from its store."""
     spec = store.load_spec()
     names = spec.objective_names()
+    from mmmo.warmstart import donor_trials
+
     trials = sorted(store.trials(), key=lambda t: (t.number if t.order is None else t.order,
                                                    t.number))
+    if spec.optimizer.warm_start:  # the donors' trials count for the front: shown first
+        trials = [*donor_trials(store), *trials]
     values = np.array([[np.nan if v is None else v for v in t.values] or [np.nan] * len(names)
                        for t in trials], dtype=float).reshape(len(trials), len(names))
     final = store.read_json("final.json") if store.exists("final.json") else {}
@@ -208,11 +212,39 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def score_table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a paper-style score table (``ScoreTable.to_dict()``)."""
+    """Header and rows of the final score table; a trial's objective cells show its confirmed
+    score and, in brackets, the search's estimate."""
     columns = list(table.get("columns", []))
-    rows = [[str(name), *[_fmt(vals.get(c)) for c in columns]]
-            for name, vals in table.get("rows", {}).items()]
+    estimates = table.get("estimates", {})
+    rows = []
+    for name, vals in table.get("rows", {}).items():
+        est = estimates.get(name, {})
+        rows.append([str(name), *[_fmt(vals.get(c)) + (f" ({_fmt(est[c])})" if c in est
+                                                       else "") for c in columns]])
     return ["model / recipe", *columns], rows
+
+
+def score_table_note(view: StudyView) -> str:
+    """Which of the final table's numbers are estimates and which are confirmed."""
+    table = view.final.get("table", {})
+    docs = table.get("documents", {})
+    objectives = [t.label for t in view.spec.objectives.tasks]
+    counts = ", ".join(f"{t} {docs[t]}" for t in objectives if t in docs)
+    heldout = ", ".join(f"{h.label} {docs[h.label]}" for h in view.spec.heldout
+                        if h.label in docs)
+    if table.get("confirmed"):
+        text = ("Objective columns are **confirmed** scores, on documents that no search "
+                f"subsample used ({counts}); in brackets, the search's **estimate** of a trial "
+                "(its subsample score, which chose it: biased upwards).")
+    else:
+        text = ("Objective columns are the search's **estimates** (`confirm.enabled: false`: "
+                f"the same documents that chose the pick; {counts}).")
+    pick = view.final.get("pick", {})
+    if pick.get("by") == "confirmed":
+        text += " The pick was chosen among these trials by their confirmed scores."
+    if heldout:
+        text += f" Held-out columns: tasks no search used ({heldout} documents)."
+    return text
 
 
 @dataclass
@@ -262,8 +294,9 @@ def render_markdown(view: StudyView) -> str:
     """The report as markdown (the Prefect UI's final artifact)."""
     parts = [f"# mm-mo study `{view.spec.study_name}`", "", *_summary_lines(view), ""]
     if view.final.get("table"):
-        parts += ["## Scores: base, sources, baselines and the pick (objective and held-out "
-                  "tasks)", "", _md_table(*score_table_rows(view.final["table"])), ""]
+        parts += ["## Scores: base, sources, baselines, the pick and its candidates", "",
+                  score_table_note(view), "", _md_table(*score_table_rows(view.final["table"])),
+                  ""]
     if view.trials:
         front_rows = [r for r, f in zip(trial_rows(view)[1], view.pareto, strict=True) if f]
         parts += ["## Pareto front", "", _md_table(trial_rows(view)[0], front_rows), ""]
@@ -298,8 +331,9 @@ def render_html(view: StudyView, pngs: dict[str, bytes]) -> str:
     parts += [f"<li>{html.escape(line[2:])}</li>" for line in _summary_lines(view)]
     parts.append("</ul>")
     if view.final.get("table"):
-        parts += ["<h2>Scores: base, sources, baselines and the pick</h2>",
-                  _html_table(*score_table_rows(view.final["table"]))]
+        note = html.escape(score_table_note(view)).replace("**", "")
+        parts += ["<h2>Scores: base, sources, baselines, the pick and its candidates</h2>",
+                  f"<p>{note}</p>", _html_table(*score_table_rows(view.final["table"]))]
     for name, title in (("pareto.png", "Pareto front (pairwise projections)"),
                         ("hypervolume.png", "Hypervolume per evaluation")):
         if name in pngs:

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from mmmo.errors import MmmoError, SpecError
+from mmmo.errors import SpecError
+from mmmo.final_table import FinalStage, natural_constraints, recipe_json
 from mmmo.hooks import crash_point
-from mmmo.optimization import Constraint, Optimizer, make_optimizer, pick
+from mmmo.optimization import Optimizer, make_optimizer
 from mmmo.spec import SearchSpec
 from mmmo.study import Proposal, ProposedTrial, StudyStore, TrialRecord
 
@@ -48,29 +49,7 @@ def plan(spec: SearchSpec) -> list[Batch]:
     return batches
 
 
-def natural_constraints(spec: SearchSpec) -> list[Constraint]:
-    """The spec's constraints (natural scale) as bounds on maximised objective values."""
-    signs = objective_signs(spec)
-    out = []
-    for c in spec.pick.constraints:
-        s = signs[c.objective]
-        for kind, bound in (("min", c.min), ("max", c.max)):
-            if bound is None:
-                continue
-            flipped = kind if s > 0 else {"min": "max", "max": "min"}[kind]
-            out.append(Constraint(objective=c.objective, kind=flipped, bound=s * bound))
-    return out
-
-
-def objective_signs(spec: SearchSpec) -> dict[str, float]:
-    """+1 for maximised objectives, -1 for minimised (natural = sign * maximised)."""
-    signs = {o.label: 1.0 if o.direction == "maximize" else -1.0 for o in spec.objectives.tasks}
-    if spec.objectives.sparsity.enabled:
-        signs[spec.objectives.sparsity.name] = -1.0
-    return signs
-
-
-class Search:
+class Search(FinalStage):
     """One open study: its spec, store and search space."""
 
     def __init__(self, spec: SearchSpec, store: StudyStore, space: Any) -> None:
@@ -81,6 +60,10 @@ class Search:
         self.task_objectives = [o.label for o in spec.objectives.tasks]
         self.batches = plan(spec)
         self._outcomes: Any = None
+        self._warm: list[TrialRecord] | None = None
+        from mmmo.fidelity import Levels
+
+        self.levels = Levels(spec)
 
     @property
     def outcomes(self) -> Any:
@@ -110,9 +93,31 @@ class Search:
         if preflight:
             check_inputs(spec)
             check_storage(spec.storage, storage_options=storage_options)
+        from mmmo.warmstart import snapshot
+
         store = StudyStore(spec.storage, spec.study_name, storage_options=storage_options)
         store.open_or_create(spec, dimension_names=list(space.names))
+        snapshot(spec, store)
         return cls(spec, store, space)
+
+    def warm_trials(self) -> list[TrialRecord]:
+        """The warm-start trials of the study (donors', negative numbers; see
+        :mod:`mmmo.warmstart`), read once."""
+        if self._warm is None:
+            from mmmo.warmstart import donor_trials
+
+            self._warm = donor_trials(self.store) if self.spec.optimizer.warm_start else []
+        return self._warm
+
+    def pool(self) -> list[TrialRecord]:
+        """The trials the pick and its candidates are chosen from: the warm-start ones, then the
+        study's. With multi-fidelity, only those at the highest level any complete trial
+        reached (a lower level's estimate is noisier: the best of many is biased upwards)."""
+        trials = [*self.warm_trials(), *self.store.trials()]
+        if not self.levels.enabled:
+            return trials
+        top = max((t.level for t in trials if t.status == "complete"), default=0)
+        return [t for t in trials if t.level == top]
 
     # ------------------------------------------------------------------ optimizer and proposals
 
@@ -132,11 +137,12 @@ class Search:
         order trials finished.
         """
         optimizer = self.new_optimizer()
+        groups = [self.warm_trials()]  # warm start: the donors' trials, told first
         if upto is None or self.spec.optimizer.schedule == "async":
-            groups = [sorted(trials, key=_finish_order)]
+            groups.append(sorted(trials, key=_finish_order))
         else:
-            groups = [sorted((t for t in trials if t.iteration == batch.iteration),
-                             key=lambda t: t.number) for batch in self.batches[:upto]]
+            groups += [sorted((t for t in trials if t.iteration == batch.iteration),
+                              key=lambda t: t.number) for batch in self.batches[:upto]]
         for rows in groups:
             if not rows:
                 continue
@@ -152,7 +158,8 @@ class Search:
         Raises:
             RuntimeError: an earlier iteration still has unfinished trials.
         """
-        existing = {p.iteration: p for p in self.store.proposals()}
+        stored = self.store.proposals()
+        existing = {p.iteration: p for p in stored if p.kind == "new"}
         if iteration in existing:
             return existing[iteration]
         trials = self.store.trials()
@@ -173,7 +180,39 @@ class Search:
                                           recipe=recipe_json(recipe)))
         proposal = Proposal(iteration=iteration, trials=proposed,
                             strategy=self.spec.optimizer.strategy,
-                            sequence=len(existing), seconds=time.perf_counter() - start)
+                            sequence=len(stored), seconds=time.perf_counter() - start)
+        self.store.write_proposal(proposal)
+        return proposal
+
+    def propose_promotions(self, iteration: int | None,
+                           running: Sequence[int] = ()) -> Proposal | None:
+        """The recipes the promotion rule moves up a fidelity level now, written before they
+        are evaluated (None when there are none; see :mod:`mmmo.fidelity`).
+
+        Args:
+            iteration: ``batch``: decide from the trials of this iteration and the earlier ones
+                (the same promotions on resume); None (``async``): from every trial.
+            running: Trials in flight (not promoted while they run).
+        """
+        from mmmo.fidelity import promotions
+
+        if not self.levels.enabled:
+            return None
+        stored = self.store.proposals()
+        trials = self.store.trials()
+        levels = {t.number: t.level for t in trials}
+        busy = {(t.number, t.level) for p in stored for t in p.trials
+                if levels.get(t.number, -1) < t.level}
+        busy |= {(n, levels.get(n, -1) + 1) for n in running}
+        chosen = promotions(self, trials, busy=busy, upto_iteration=iteration)
+        if not chosen:
+            return None
+        sequence = len(stored)
+        proposal = Proposal(
+            iteration=sequence if iteration is None else iteration, kind="promote",
+            sequence=sequence, strategy=self.spec.optimizer.strategy,
+            trials=[ProposedTrial(number=t.number, x=t.x, recipe_id=t.recipe_id,
+                                  recipe=t.recipe, level=level) for t, level in chosen])
         self.store.write_proposal(proposal)
         return proposal
 
@@ -258,170 +297,48 @@ class Search:
         trials recorded before it (kept when a promoted trial's record is rewritten).
         """
         try:
-            order = TrialRecord.model_validate(
-                self.store.read_json(f"trials/{proposed.number:04d}.json")).order
+            before = TrialRecord.model_validate(
+                self.store.read_json(f"trials/{proposed.number:04d}.json"))
+            order, history = before.order, dict(before.history)
+            iteration, promoted_in = before.iteration, iteration
         except FileNotFoundError:
-            order = len(self.store.list("trials"))
+            order, history, promoted_in = len(self.store.list("trials")), {}, iteration
         failures = [f.model_dump(mode="json", exclude={"traceback"})
                     for f in evaluation.failures]
         if error is None and failures:
             error = {"kind": failures[0]["kind"], "message": f"{failures[0]['task']}: "
                      f"{failures[0]['message']}"[:500], "failures": failures}
+        values = [_finite(v) for v in evaluation.values]
+        history[str(proposed.level)] = {"values": values, "iteration": promoted_in,
+                                        "documents": dict(documents or {})}
         return TrialRecord(
             number=proposed.number, iteration=iteration, recipe_id=proposed.recipe_id,
             x=proposed.x, recipe=proposed.recipe, level=proposed.level, order=order,
-            documents=dict(documents or {}),
+            documents=dict(documents or {}), history=history,
             params=self.space.recipe(proposed.recipe).params_table(),
             status="failed" if error is not None or evaluation.failed else "complete",
             objectives=dict(zip(evaluation.names, map(_finite, evaluation.raw_values),
                                 strict=True)),
-            values=[_finite(v) for v in evaluation.values],
-            stderrs=[_finite(v) for v in evaluation.stderrs],
+            values=values, stderrs=[_finite(v) for v in evaluation.stderrs],
             sparsity_by_group=dict((merge or {}).get("sparsity_by_group", {})),
-            benchmarks={o.task: o.model_dump(mode="json") for o in evaluation.outcomes},
+            benchmarks={o.task: o.model_dump(mode="json", exclude={"doc_scores"})
+                        for o in evaluation.outcomes},
             error=dict(error) if error else None, timings=dict(timings or {}), worker=worker,
             slot=slot)
 
     # ------------------------------------------------------------------ what a trial scores
 
     def trial_benchmarks(self, level: int) -> dict[str, list[Any]]:
-        """The document ranges of each task objective a trial at ``level`` is scored on.
-
-        Without multi-fidelity: one range per task, the task's ``limit`` (its seeded subsample).
-        """
-        from mmmo.evaluation.tasks import DocRange
-
-        del level
-        return {t.label: [DocRange(stop=t.limit)] for t in self.spec.objectives.tasks}
+        """The document chunks of each task objective a trial at ``level`` is scored on
+        (levels 0 .. ``level``; without multi-fidelity one chunk, the task's subsample)."""
+        return {t.label: self.levels.chunks(t, level) for t in self.spec.objectives.tasks}
 
     def combine(self, task_name: str, outcomes: Sequence[Any]) -> Any:
-        """A task's outcome over several document ranges (a failure if any range failed)."""
+        """A task's outcome over its document chunks (see :func:`mmmo.fidelity.combine`)."""
+        from mmmo.fidelity import combine
+
         del task_name
-        failed = [o for o in outcomes if getattr(o, "status", "") == "failed"]
-        return failed[0] if failed else outcomes[0]
-
-    def final_docs(self, task_name: str) -> Any:
-        """The documents the final table scores a task on."""
-        from mmmo.evaluation.tasks import DocRange
-
-        return DocRange(stop=self.spec.task(task_name).limit)
-
-    # ------------------------------------------------------------------ the final table
-
-    def final_rows(self, picked: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
-        """Rows of the final table: ``(label, None)`` for the base and the sources, then
-        ``(label, recipe JSON)`` for the baselines and the pick."""
-        rows: list[tuple[str, dict[str, Any] | None]] = [
-            (label, None) for label in self.reference_labels()]
-        rows += [(name, recipe_json(recipe)) for name, recipe in self.baselines()]
-        rows.append((f"pick (trial {picked['number']})", dict(picked["recipe"])))
-        return rows
-
-    def final_columns(self) -> list[str]:
-        """Columns of the final table: the objective tasks, then the held-out tasks."""
-        return [*self.task_objectives, *(h.label for h in self.spec.heldout)]
-
-    def write_final(self, picked: Mapping[str, Any], table: Mapping[str, Any],
-                    export: str) -> dict[str, Any]:
-        """Write ``final.json`` (the pick, the score table, the export's URL); return it."""
-        final = {"pick": dict(picked), "table": dict(table), "export": export,
-                 "finished_at": time.time()}
-        self.store.write_json("final.json", final)
-        return final
-
-    def reference_labels(self) -> list[str]:
-        """Labels of the single models scored in the final table: the base, then sources."""
-        return [self.spec.base.label, *(s.label for s in self.spec.sources)]
-
-    def baselines(self) -> list[tuple[str, Any]]:
-        """The spec's fixed-recipe baselines as ``(label, Recipe)``."""
-        out = []
-        for b in self.spec.baselines:
-            method = b.method or self.spec.merge.method
-            normalize = b.normalize
-            if normalize is None and method == self.spec.merge.method:
-                normalize = self.spec.merge.normalize
-            recipe = self.space.fixed_recipe(method=method, weight=b.weight,
-                                             density=b.density, normalize=normalize)
-            out.append((b.label.replace("method", method), recipe))
-        return out
-
-    def score_table(self, rows: Sequence[str], columns: Sequence[str],
-                    scores: Mapping[tuple[str, str], float]) -> dict[str, Any]:
-        """The paper-style table: rows x tasks, plus averages over objectives, held-out, all.
-
-        Returns:
-            ``{"columns": [...], "rows": {row: {column: score | None}}}`` (JSON-able).
-        """
-        objective = set(self.task_objectives)
-        table: dict[str, dict[str, float | None]] = {}
-        for row in rows:
-            cells = {c: scores.get((row, c)) for c in columns}
-            groups = {"avg objectives": [c for c in columns if c in objective],
-                      "avg held-out": [c for c in columns if c not in objective],
-                      "avg all": list(columns)}
-            for name, cols in groups.items():
-                vals = [cells[c] for c in cols]
-                ok = cols and all(v is not None for v in vals)
-                cells[name] = float(np.mean(vals)) if ok else None
-            table[row] = cells
-        extra = ["avg objectives", *(["avg held-out"] if len(columns) > len(objective) else []),
-                 "avg all"]
-        return {"columns": [*columns, *extra], "rows": table}
-
-    # ------------------------------------------------------------------ the pick
-
-    def pick_summary(self) -> dict[str, Any]:
-        """The chosen trial under the spec's pick policy, as stored in ``final.json``."""
-        chosen, why = self.pick()
-        return {"number": chosen.number, "recipe_id": chosen.recipe_id,
-                "recipe": chosen.recipe, "objectives": chosen.objectives,
-                "policy": self.spec.pick.policy, "reason": why}
-
-    def pick(self, *, policy: str | None = None) -> tuple[TrialRecord, str]:
-        """The chosen trial under the spec's pick policy (or ``policy``) and why.
-
-        Raises:
-            ValueError: no complete trial, or none satisfies the constraints.
-        """
-        trials = self.store.trials()
-        Y = np.array([_floats(t.values, len(self.names)) for t in trials], dtype=float)
-        if not len(Y) or not np.isfinite(Y).all(axis=1).any():
-            raise MmmoError(f"no trial of study '{self.store.name}' completed, nothing to "
-                            f"pick; see `mmmo status {self.store.name}` for the failures")
-        rule = policy or self.spec.pick.policy
-        primary = self.spec.pick.primary or self.names[0]
-        constraints = natural_constraints(self.spec)
-        idx = pick(Y, rule, names=self.names, primary=primary,
-                   weights=self.spec.pick.weights or None, constraints=constraints)
-        chosen = trials[idx]
-        n_ok = int(np.isfinite(Y).all(axis=1).sum())
-        why = {
-            "primary": f"best {primary} ({chosen.objectives[primary]:.4g}) of {n_ok} complete "
-                       "trials (ties broken by Pareto dominance)",
-            "knee": "the knee of the Pareto front: closest to the ideal point after "
-                    "normalising each objective over the front",
-            "weighted": "highest weighted sum of normalised objectives, weights "
-                        + (str(dict(self.spec.pick.weights)) if self.spec.pick.weights
-                           else "equal"),
-        }[rule]
-        if constraints:
-            why += "; subject to " + ", ".join(_describe(c) for c in self.spec.pick.constraints)
-        return chosen, why
-
-
-def recipe_json(recipe: Any) -> dict[str, Any]:
-    """A recipe as stored and passed between tasks: its JSON plus its ``recipe_id``."""
-    return {**recipe.model_dump(mode="json"), "recipe_id": recipe.recipe_id}
-
-
-def _describe(c: Any) -> str:
-    parts = []
-    if c.min is not None:
-        parts.append(f"{c.objective} >= {c.min:g}")
-    if c.max is not None:
-        parts.append(f"{c.objective} <= {c.max:g}")
-    return " and ".join(parts)
+        return combine(outcomes)
 
 
 def _finish_order(t: TrialRecord) -> tuple[int, int]:
@@ -454,13 +371,50 @@ def check_inputs(spec: SearchSpec, *, storage: bool = False) -> None:
     check_device(spec.compute.device)
     _check_models(spec)
     engine_preflight(spec)
+    if spec.optimizer.warm_start:
+        from mmmo.warmstart import check_donors
+
+        check_donors(spec)
     validate_tasks(spec.objectives.tasks, field="objectives.tasks")
     validate_tasks(spec.heldout, field="heldout")
+    _check_documents(spec)
     if storage:
         from mmmo.study import check_storage, check_study
 
         check_storage(spec.storage)
         check_study(spec)
+
+
+def _check_documents(spec: SearchSpec) -> None:
+    """Confirmation needs documents the search does not use; fidelity levels need documents
+    and a metric that is a mean over them. One line naming the field and the fix."""
+    from mmmo.evaluation.tasks import DocRange, averages_documents, task_sizes
+    from mmmo.fidelity import Levels
+
+    levels = Levels(spec)
+    for i, task in enumerate(spec.objectives.tasks):
+        where = f"objectives.tasks[{i}]"
+        sizes = task_sizes(task)
+        n = sum(sizes.values())
+        used = sum(DocRange(stop=task.limit).count(k) for k in sizes.values())
+        if spec.confirm.enabled and used >= n:
+            raise SpecError(f"{where}.limit", f"uses all {n} documents of {task.label}, "
+                            "leaving none to confirm the final table on", value=task.limit,
+                            fix=f"lower it (e.g. to {max(1, (2 * n) // 3)}) so that the pick "
+                            "is confirmed on documents that did not choose it, or set "
+                            "confirm.enabled: false")
+        if levels.enabled:
+            first = sum(levels.chunk(task, 0).count(k) for k in sizes.values())
+            if first < 1 or levels.stop(task, 0) == task.limit:
+                raise SpecError("optimizer.fidelity.levels", f"its first level gives "
+                                f"{task.label} {first} of its {used} documents",
+                                value=list(levels.levels), fix="start with a level of at "
+                                "least one document and below the whole subsample")
+            if not averages_documents(task):
+                raise SpecError(f"{where}.metric", f"is not a mean over documents in "
+                                f"{task.label}: its fidelity levels cannot be combined",
+                                value=task.metric, fix="use a mean metric (acc, "
+                                "exact_match, ...) or remove optimizer.fidelity")
 
 
 def check_device(device: str) -> None:

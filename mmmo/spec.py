@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from mmmo.errors import SpecError
+from mmmo.spec_budget import ConfirmSpec, FidelitySpec
 
 __all__ = [
     "TASK_ARITHMETIC_METHODS",
@@ -366,6 +367,13 @@ class OptimizerSpec(_Frozen):
     batch_size: int = Field(default=5, ge=1)
     iterations: int = Field(default=4, ge=0)
     seed: int = 0
+    fidelity: FidelitySpec | None = None
+    """Multi-fidelity evaluation (successive halving over nested document levels); None: every
+    recipe is scored on each objective's whole subsample."""
+    warm_start: list[str] = Field(default_factory=list)
+    """Studies (``<storage>/<study>`` URLs or paths) whose trials are told to the optimizer
+    before the first ask, without evaluating them again: same models, method, search space and
+    objective tasks required. They count for the front, not for the budget."""
     schedule: Literal["batch", "async"] = "batch"
     """``batch``: the paper's synchronous iterations (propose ``batch_size``, evaluate them all,
     update); ``async``: whenever a slot frees, ask for one recipe with the trials in flight as
@@ -435,6 +443,14 @@ class PickSpec(_Frozen):
     primary: str | None = None
     """Objective whose best score wins under ``primary`` (default: the first task)."""
     weights: dict[str, float] = Field(default_factory=dict)
+    normalize: bool = True
+    """``weighted``: min-max normalise each objective over the candidates before weighting
+    (objectives on different scales become comparable), or, False, weight the objectives' own
+    values (a weighted sum of the scores as they are: equal weights on accuracies pick the
+    best average)."""
+    use_confirmed: bool = False
+    """Choose among the pick and the ``confirm.top_k`` best candidates by their confirmed
+    scores (documents the search did not use) instead of their search estimates."""
     constraints: list[ConstraintSpec] = Field(default_factory=list)
 
 
@@ -646,6 +662,8 @@ class SearchSpec(_Frozen):
     """Study name (default: ``name``); lowercase letters, digits and dashes."""
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
+    """The final table's scores on documents the search did not use."""
 
     @field_validator("name")
     @classmethod
@@ -678,7 +696,29 @@ class SearchSpec(_Frozen):
         self._check_models()
         self._check_objective_names()
         self._check_pick()
+        self._check_budget()
         return self
+
+    def _check_budget(self) -> None:
+        fidelity = self.optimizer.fidelity
+        if fidelity is not None and isinstance(fidelity.levels[0], int):
+            for i, obj in enumerate(self.objectives.tasks):
+                if not isinstance(obj.limit, int):
+                    raise FieldProblem("counts need every objective's limit to be a count",
+                                       f"give levels as fractions of the limit, or set "
+                                       f"objectives.tasks[{i}].limit to a count",
+                                       field="optimizer.fidelity.levels",
+                                       value=fidelity.levels, has_value=True)
+                if fidelity.levels[-1] < obj.limit:
+                    raise FieldProblem(f"the last level must be the whole subsample "
+                                       f"({obj.limit} documents of {obj.label})",
+                                       f"end the levels with {obj.limit}",
+                                       field="optimizer.fidelity.levels",
+                                       value=fidelity.levels, has_value=True)
+        if self.pick.use_confirmed and (not self.confirm.enabled or self.confirm.top_k < 1):
+            raise FieldProblem("needs confirmed candidates", "set confirm.enabled: true and "
+                               "confirm.top_k >= 1, or remove pick.use_confirmed",
+                               field="pick.use_confirmed", value=True, has_value=True)
 
     def _check_models(self) -> None:
         per_model, _ = method_parameters(self.merge.method)

@@ -134,6 +134,9 @@ class TrialRecord(_Record):
     finished in (an asynchronous search tells the optimizer in this order)."""
     documents: dict[str, int] = Field(default_factory=dict)
     """Documents scored per task objective (all levels so far together)."""
+    history: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per fidelity level reached (``"0"``, ``"1"``, ...): its maximised ``values``, the
+    ``iteration`` it was reached in and its ``documents``."""
     objectives: dict[str, float | None] = Field(default_factory=dict)
     """Natural-scale values by objective name (score, or the L1 sparsity); None if failed."""
     values: list[float | None] = Field(default_factory=list)

@@ -34,6 +34,13 @@ def propose_next(study_url: str, running: list[int]) -> dict[str, Any]:
     return steps.propose_next_step(study_url, running)
 
 
+@task(name="propose-promotions", **_OPTS)
+def propose_promotions(study_url: str, iteration: int | None,
+                       running: list[int]) -> dict[str, Any] | None:
+    """Multi-fidelity: propose the recipes the promotion rule moves up a level now."""
+    return steps.promotions_step(study_url, iteration, running)
+
+
 @task(name="update-surrogate", **_OPTS)
 def update_surrogate(study_url: str, iteration: int | None) -> dict[str, Any]:
     """Tell the optimizer what is recorded and store its state."""
@@ -99,6 +106,7 @@ def report(study_url: str) -> dict[str, Any]:
 
 
 DRIVER_TASKS = {"propose": propose, "propose-next": propose_next,
+                "propose-promotions": propose_promotions,
                 "update-surrogate": update_surrogate, "catch-up": catch_up, "pick": pick,
                 "report": report}
 """The driver's steps as tasks, by the names the engine calls them."""

@@ -54,6 +54,7 @@ def _drive_batch(search: Any, executor: Any, *, max_iterations: int | None) -> b
     for batch in search.batches:
         done = {t.number for t in search.store.trials()}
         if set(range(batch.first, batch.first + batch.size)) <= done:
+            _promote(search, executor, batch.iteration)  # a kill may have cut them off
             if executor.call("catch-up", url, batch.iteration):  # killed before its update
                 crash_point(f"iteration:{batch.iteration}:told")
             continue
@@ -64,10 +65,30 @@ def _drive_batch(search: Any, executor: Any, *, max_iterations: int | None) -> b
         work = [(t, proposal["iteration"]) for t in proposal["trials"]
                 if t["number"] not in done]
         _run(executor, work)
+        _promote(search, executor, batch.iteration)
         executor.call("update-surrogate", url, batch.iteration)
         crash_point(f"iteration:{batch.iteration}:told")
         ran += 1
     return True
+
+
+def _promote(search: Any, executor: Any, iteration: int) -> None:
+    """Multi-fidelity, ``batch``: the promotions of ``iteration`` (stored unfinished ones
+    first), round after round until the rule moves nothing up (:mod:`mmmo.fidelity`)."""
+    if not search.levels.enabled:
+        return
+    url = search.store.url
+    while True:
+        levels = {t.number: t.level for t in search.store.trials()}
+        work = [(t.model_dump(mode="json"), p.iteration) for p in search.store.proposals()
+                if p.kind == "promote" and p.iteration == iteration for t in p.trials
+                if levels.get(t.number, -1) < t.level]
+        if not work:
+            proposal = executor.call("propose-promotions", url, iteration, [])
+            if proposal is None:
+                return
+            work = [(t, proposal["iteration"]) for t in proposal["trials"]]
+        _run(executor, work)
 
 
 def _drive_async(search: Any, executor: Any, *, max_iterations: int | None) -> bool:
@@ -85,6 +106,12 @@ def _drive_async(search: Any, executor: Any, *, max_iterations: int | None) -> b
         nonlocal proposed, asked
         if queue:
             return queue.pop(0)
+        if search.levels.enabled:  # promotions first: a slot never waits for a new recipe
+            promoted = executor.call("propose-promotions", url, None,
+                                     [r.item["number"] for r in running])
+            if promoted is not None:
+                queue.extend((t, promoted["iteration"]) for t in promoted["trials"])
+                return queue.pop(0)
         if proposed >= spec.budget or (limit is not None and asked >= limit):
             return None
         proposal = executor.call("propose-next", url, [r.item["number"] for r in running])

@@ -346,6 +346,13 @@ def propose_next_step(study_url: str, running: list[int]) -> dict[str, Any]:
     return session(study_url).search.propose_next(running).model_dump(mode="json")
 
 
+def promotions_step(study_url: str, iteration: int | None,
+                    running: list[int]) -> dict[str, Any] | None:
+    """Multi-fidelity: the recipes promoted a level up now (a stored proposal), or None."""
+    proposal = session(study_url).search.propose_promotions(iteration, running)
+    return None if proposal is None else proposal.model_dump(mode="json")
+
+
 def update_step(study_url: str, iteration: int | None) -> dict[str, Any]:
     """Tell the optimizer what is recorded; store its state; return the progress."""
     return session(study_url).search.update_surrogate(iteration)
@@ -372,6 +379,7 @@ def report_step(study_url: str) -> dict[str, Any]:
 DRIVER_STEPS = {
     "propose": propose_step,
     "propose-next": propose_next_step,
+    "propose-promotions": promotions_step,
     "update-surrogate": update_step,
     "catch-up": catch_up_step,
     "pick": pick_step,

@@ -253,16 +253,17 @@ def _evaluate(lm: Any, task: TaskSpec, docs: DocRange, registry: TaskRegistry, *
                                message=f"no documents in {docs} of {loaded.n_docs} documents")
         with _global_seeds(torch_too=_samples(loaded)):
             out = evaluate(lm=lm, task_dict=loaded.task_dict, samples=samples or None,
-                           bootstrap_iters=bootstrap_iters, log_samples=log_samples,
+                           bootstrap_iters=bootstrap_iters, log_samples=True,
                            apply_chat_template=task.apply_chat_template,
                            fewshot_as_multiturn=True)
         return _result(out, loaded, task, samples, batch_size=batch_size,
-                       seconds=time.perf_counter() - start, timing=timing)
+                       seconds=time.perf_counter() - start, timing=timing,
+                       keep_samples=log_samples)
 
 
 def _result(out: dict[str, Any], loaded: LoadedTask, task: TaskSpec,
             samples: dict[str, list[int]], *, batch_size: int | str, seconds: float,
-            timing: Any) -> BenchmarkResult | EvalFailure:
+            timing: Any, keep_samples: bool = False) -> BenchmarkResult | EvalFailure:
     """Pick the spec's metric out of lm-eval's output (a group falls back to a doc-weighted mean)."""
     name = loaded.resolved.name
     key, se_key = f"{task.metric},{task.filter}", f"{task.metric}_stderr,{task.filter}"
@@ -285,15 +286,33 @@ def _result(out: dict[str, Any], loaded: LoadedTask, task: TaskSpec,
     indices = {leaf: samples[leaf] for leaf in sorted(samples)} or None
     raw = {k: out.get(k) for k in ("results", "groups", "n-samples", "n-shot",
                                     "higher_is_better", "versions") if out.get(k)}
-    if out.get("samples"):
+    if keep_samples and out.get("samples"):
         raw["samples"] = {leaf: [_trim_sample(x) for x in rows]
                           for leaf, rows in out["samples"].items()}
     return BenchmarkResult(
+        doc_scores=_doc_scores(out.get("samples") or {}, loaded, task),
         task=task.label, metric=task.metric, filter=task.filter, score=float(score),
         stderr=stderr, n_docs=n_docs, n_total=sum(loaded.n_docs.values()),
         doc_indices=indices, docs_hash=docs_hash(indices), batch_size=batch_size,
         seconds=seconds, request_seconds=timing.request_seconds,
         forward_seconds=timing.forward_seconds, raw=_json_safe(raw))
+
+
+def _doc_scores(samples: dict[str, list[dict[str, Any]]], loaded: LoadedTask,
+                task: TaskSpec) -> dict[str, list[list[float]]] | None:
+    """``{leaf: [[doc_id, value], ...]}`` of the metric, when every leaf averages it."""
+    from lm_eval.api.metrics import mean
+
+    out: dict[str, list[list[float]]] = {}
+    for leaf, obj in loaded.leaves.items():
+        if obj.aggregation().get(task.metric) is not mean:
+            return None
+        rows = [r for r in samples.get(leaf, []) if r.get("filter", "none") == task.filter]
+        try:
+            out[leaf] = sorted([float(r["doc_id"]), float(r[task.metric])] for r in rows)
+        except (KeyError, TypeError, ValueError):
+            return None
+    return out
 
 
 def _trim_sample(sample: dict[str, Any]) -> dict[str, Any]:

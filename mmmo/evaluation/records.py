@@ -57,6 +57,10 @@ class BenchmarkResult(_Record):
     forward_seconds: float
     """Time inside the model's forward passes (measured by forward hooks)."""
     oom_retries: int = 0
+    doc_scores: dict[str, list[list[float]]] | None = None
+    """Per leaf task, ``[doc_id, metric value]`` of every evaluated document, when the metric
+    is a mean over documents (what results on disjoint document slices are combined from);
+    None for other aggregations."""
     raw: dict[str, Any] = Field(default_factory=dict)
     """lm-eval's output for this task, JSON-safe; per-document samples only on request."""
 

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DocRange",
+    "averages_documents",
+    "task_sizes",
     "LoadedTask",
     "ResolvedTask",
     "TaskRegistry",
@@ -147,12 +149,25 @@ class DocRange(BaseModel):
 
     stop: Annotated[int, Field(ge=0)] | float | None = None
     start: Annotated[int, Field(ge=0)] | float | None = None
+    share: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Keep only this fraction of ``[start, stop)`` (its first ranks; at least one)."""
+    size: int | None = Field(default=None, ge=1)
+    """Keep at most this many documents from ``start`` on."""
 
     def bounds(self, n: int) -> tuple[int, int]:
         """``(first, end)`` ranks this range selects out of ``n`` documents."""
         first = 0 if self.start is None else sample_size(self.start, n)
-        end = n if self.stop is None else sample_size(self.stop, n)
-        return first, max(first, end)
+        end = max(first, n if self.stop is None else sample_size(self.stop, n))
+        if self.share is not None and end > first:
+            end = first + max(1, round(self.share * (end - first)))
+        if self.size is not None:
+            end = min(end, first + self.size)
+        return first, end
+
+    def count(self, n: int) -> int:
+        """How many of ``n`` documents this range selects."""
+        first, end = self.bounds(n)
+        return end - first
 
     def indices(self, n: int, seed: int) -> list[int] | None:
         """The sorted document indices out of ``n`` (None when the range is every document)."""
@@ -163,7 +178,9 @@ class DocRange(BaseModel):
 
     def key(self) -> list[Any]:
         """What a cache key records of the range (counts and fractions kept apart)."""
-        return [[type(v).__name__, v] for v in (self.start, self.stop)]
+        parts = [[type(v).__name__, v] for v in (self.start, self.stop)]
+        return parts + [self.share, self.size] if (self.share, self.size) != (None, None) \
+            else parts
 
 
 def docs_hash(indices: dict[str, list[int]] | None) -> str:
@@ -522,6 +539,21 @@ def default_registry() -> TaskRegistry:
         if _DEFAULT is None:
             _DEFAULT = TaskRegistry()
         return _DEFAULT
+
+
+def task_sizes(spec: TaskSpec, *, registry: TaskRegistry | None = None) -> dict[str, int]:
+    """Documents of each leaf task of ``spec`` (loads the task, offline)."""
+    with (registry or default_registry()).checkout(spec) as loaded:
+        return dict(loaded.n_docs)
+
+
+def averages_documents(spec: TaskSpec, *, registry: TaskRegistry | None = None) -> bool:
+    """Whether every leaf task aggregates ``spec.metric`` as a mean over documents (results on
+    disjoint document slices can then be combined exactly)."""
+    from lm_eval.api.metrics import mean
+
+    with (registry or default_registry()).checkout(spec) as loaded:
+        return all(t.aggregation().get(spec.metric) is mean for t in loaded.leaves.values())
 
 
 def validate_tasks(specs: Iterable[TaskSpec], *, field: str = "tasks", load: bool = True,

@@ -26,7 +26,7 @@ from mmmo.optimization.registry import (
     settings_model,
     strategy_names,
 )
-from mmmo.optimization.selection import PICK_POLICIES, Constraint, feasible_mask, pick
+from mmmo.optimization.selection import PICK_POLICIES, Constraint, feasible_mask, order, pick
 
 __all__ = [
     "PICK_POLICIES",
@@ -41,6 +41,7 @@ __all__ = [
     "infer_ref_point",
     "make_optimizer",
     "optimizer_from_state",
+    "order",
     "pareto_mask",
     "pick",
     "register_strategy",

@@ -7,12 +7,15 @@ failed rows (any non-finite entry) are never chosen.
 Policies:
 
 - ``primary`` (the paper's): the best value of the ``primary`` objective (default: the first).
-  Ties go to a tied row that is not dominated by another tied row, then to the lowest index.
 - ``knee``: the Pareto-optimal row nearest (Euclidean) to the ideal point after min-max
   normalising each objective over the front (a compromise point).
 - ``weighted``: the largest weighted sum of min-max normalised objectives (normalised over the
-  feasible rows, so that objectives on different scales are comparable). Weights are
-  non-negative, given by objective name (missing names weigh 0) or as a sequence; default equal.
+  feasible rows, so that objectives on different scales are comparable), or with
+  ``normalize=False`` of the objectives' own (maximised) values. Weights are non-negative, given
+  by objective name (missing names weigh 0) or as a sequence; default equal.
+
+Under every policy, exact ties go to a row no other row dominates, then to the lowest index
+(:func:`order` ranks every feasible row this way; the pick is its first).
 
 Constraints restrict the candidates before the policy applies. Each is a :class:`Constraint` or a
 tuple ``(objective, kind, bound)`` on the maximised value: ``kind="min"`` means
@@ -89,6 +92,67 @@ def feasible_mask(
     return ok
 
 
+def order(
+    Y: np.ndarray,
+    policy: PickPolicy,
+    *,
+    names: Sequence[str],
+    primary: str | None = None,
+    weights: Mapping[str, float] | Sequence[float] | None = None,
+    constraints: Sequence[ConstraintLike] | None = None,
+    normalize: bool = True,
+    front_only: bool = False,
+) -> np.ndarray:
+    r"""Indices of the rows meeting ``constraints``, best first under ``policy``.
+
+    ``pick`` is the first of them. With ``front_only`` only the Pareto-optimal feasible rows
+    are ranked (the candidates of the front). Ties keep the lower index first.
+
+    Args:
+        normalize: ``weighted`` only: min-max normalise the objectives over the feasible rows
+            before weighting (True), or weight their own values (False).
+
+    Raises:
+        ValueError: as :func:`pick`.
+    """
+    Y = np.asarray(Y, dtype=float)
+    rows = _feasible_rows(Y, policy, names=names, constraints=constraints)
+    F = Y[rows]
+    front = pareto_mask(F)
+    index = _name_index(names, Y.shape[1])
+    if policy == "primary":
+        name = names[0] if primary is None else primary
+        if name not in index:
+            raise ValueError(f"Unknown primary objective {name!r}; known: {list(names)}.")
+        key = -F[:, index[name]]
+    elif policy == "weighted":
+        w = _weights(weights, names)
+        key = -((_normalise(F, F) if normalize else F) @ w)
+    else:  # knee: distance to the ideal point, the front normalised to [0, 1]
+        key = np.linalg.norm(1.0 - _normalise(F, F[front]), axis=1)
+    if policy == "knee":  # the front first
+        ranked = sorted(range(len(rows)), key=lambda i: (not front[i], key[i], rows[i]))
+    else:
+        ranked = sorted(range(len(rows)), key=lambda i: (key[i], not front[i], rows[i]))
+    return np.asarray([int(rows[i]) for i in ranked if front[i] or not front_only], dtype=int)
+
+
+def _feasible_rows(Y: np.ndarray, policy: str, *, names: Sequence[str],
+                   constraints: Sequence[ConstraintLike] | None) -> np.ndarray:
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be a 2-d array (n, m), got shape {Y.shape}.")
+    _name_index(names, Y.shape[1])
+    if policy not in PICK_POLICIES:
+        raise ValueError(f"Unknown pick policy {policy!r}; known: {', '.join(PICK_POLICIES)}.")
+    if not np.isfinite(Y).all(axis=1).any():
+        raise ValueError("No successful trial to pick from.")
+    rows = np.flatnonzero(feasible_mask(Y, names=names, constraints=constraints))
+    if len(rows) == 0:
+        listed = ", ".join(str(as_constraint(c)) for c in constraints or ())
+        raise ValueError(f"No successful trial satisfies the constraints: {listed}.")
+    return rows
+
+
 def pick(
     Y: np.ndarray,
     policy: PickPolicy,
@@ -97,6 +161,7 @@ def pick(
     primary: str | None = None,
     weights: Mapping[str, float] | Sequence[float] | None = None,
     constraints: Sequence[ConstraintLike] | None = None,
+    normalize: bool = True,
 ) -> int:
     r"""Index of the chosen row of ``Y`` under ``policy`` among rows meeting ``constraints``.
 
@@ -116,34 +181,8 @@ def pick(
         ValueError: For an unknown policy or name, invalid weights, no successful row, or no
             row satisfying the constraints.
     """
-    Y = np.asarray(Y, dtype=float)
-    if Y.ndim != 2:
-        raise ValueError(f"Y must be a 2-d array (n, m), got shape {Y.shape}.")
-    index = _name_index(names, Y.shape[1])
-    if policy not in PICK_POLICIES:
-        raise ValueError(f"Unknown pick policy {policy!r}; known: {', '.join(PICK_POLICIES)}.")
-    if not np.isfinite(Y).all(axis=1).any():
-        raise ValueError("No successful trial to pick from.")
-    rows = np.flatnonzero(feasible_mask(Y, names=names, constraints=constraints))
-    if len(rows) == 0:
-        listed = ", ".join(str(as_constraint(c)) for c in constraints or ())
-        raise ValueError(f"No successful trial satisfies the constraints: {listed}.")
-    F = Y[rows]
-    if policy == "primary":
-        name = names[0] if primary is None else primary
-        if name not in index:
-            raise ValueError(f"Unknown primary objective {name!r}; known: {list(names)}.")
-        col = F[:, index[name]]
-        tied = np.flatnonzero(col == col.max())
-        best = tied[np.argmax(pareto_mask(F[tied]))]
-    elif policy == "weighted":
-        w = _weights(weights, names)
-        best = int(np.argmax(_normalise(F, F) @ w))
-    else:
-        front = np.flatnonzero(pareto_mask(F))
-        Z = _normalise(F[front], F[front])
-        best = front[int(np.argmin(np.linalg.norm(1.0 - Z, axis=1)))]
-    return int(rows[best])
+    return int(order(Y, policy, names=names, primary=primary, weights=weights,
+                     constraints=constraints, normalize=normalize)[0])
 
 
 def _name_index(names: Sequence[str], m: int) -> dict[str, int]:

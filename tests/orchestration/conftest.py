@@ -33,6 +33,7 @@ def small_spec(folder: Path, *, storage: str, name: str = "small", limit: int = 
         "storage": storage,
         "compute": {"device": "cpu", "batch_size": 64},
         "evaluation": {"retries": 1, "retry_delay_seconds": 0},
+        "confirm": {"max_documents": limit, "top_k": 1},
     }
     for key, value in changes.items():
         data[key] = value

@@ -63,13 +63,18 @@ def test_search_end_to_end_then_every_trial_is_reused(tmp_path: Path, make_spec:
         assert t.values[-1] == -t.objectives["sparsity"] < 0
         assert set(t.benchmarks) == {"dbl", "rev", "srt"}
         assert t.benchmarks["dbl"]["n_docs"] == 16 and t.stderrs[0] is not None
-    # 5 trials x 3 objectives + final table: 4 single models x 4 tasks + the pick's held-out
-    # task (its objective scores are the cached benchmarks of its own trial)
-    assert calls["evaluate"] == 15 + 4 * 4 + 1
+    # 5 trials x 3 objectives + final table: 4 single models, the pick and its candidate of
+    # the front (confirm.top_k 1) x 4 tasks: the objectives on documents no trial saw (so none
+    # is a cached benchmark of a trial), the held-out task
     final = store.read_json("final.json")
+    candidates = [c["number"] for c in final["pick"]["candidates"]]
+    assert len(candidates) == 1
+    assert calls["evaluate"] == 15 + (4 + 2) * 4
     assert final["pick"]["number"] in {t.number for t in trials}
     assert set(final["table"]["rows"]) == {"base", "dbl", "rev", "srt",
-                                           f"pick (trial {final['pick']['number']})"}
+                                           f"pick (trial {final['pick']['number']})",
+                                           f"trial {candidates[0]} (front)"}
+    assert final["table"]["confirmed"] and final["table"]["documents"]["dbl"] == 16
     info = read_export(result["export"])
     assert info is not None and info.recipe_id == final["pick"]["recipe_id"]
     assert {"model.safetensors", "mergekit.yaml", "config.json"} <= set(info.files)

@@ -29,6 +29,7 @@ def _tiny_spec(storage: str, /, **changes: Any) -> dict[str, Any]:
         "storage": storage,
         "compute": {"device": "cpu", "batch_size": 64},
         "evaluation": {"retries": 1, "retry_delay_seconds": 0},
+        "confirm": {"max_documents": 4, "top_k": 1},
     }
     data.update(copy.deepcopy(changes))
     return data
