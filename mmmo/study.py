@@ -51,19 +51,15 @@ from mmmo import __version__
 from mmmo._crash import crash_point
 from mmmo.errors import LeaseHeldError, SpecError, StorageUnavailableError, StudyError
 from mmmo.spec import _STUDY, SearchSpec, parse_spec
+from mmmo.storage import PROBE_S3_CONFIG, check_storage, parse_storage
 
-__all__ = ["Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage", "check_study",
-           "search_fields_differ"]
+__all__ = ["PROBE_S3_CONFIG", "Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage",
+           "check_study", "search_fields_differ"]
 
 #: botocore settings of a study store on S3: few driver retries, so that a store that does not
 #: answer reaches :meth:`StudyStore._retrying` (which backs off and logs) within seconds.
 STORE_S3_CONFIG = {"connect_timeout": 10, "read_timeout": 60,
                    "retries": {"max_attempts": 3, "mode": "standard"}}
-
-#: botocore settings of the pre-flight probe of an S3 store: an unreachable endpoint fails in
-#: seconds instead of minutes of retries.
-PROBE_S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15,
-                   "retries": {"max_attempts": 2, "mode": "standard"}}
 
 LOG = logging.getLogger(__name__)
 
@@ -190,8 +186,8 @@ def _retry_window() -> float | None:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
-        raise StudyError(f"MMMO_STORE_RETRY_SECONDS={raw!r}: is not a number of seconds >= 0; "
-                         "fix: set it to e.g. 300, or unset it for the default")
+        raise SpecError("MMMO_STORE_RETRY_SECONDS", "is not a number of seconds >= 0",
+                        value=raw, fix="set it to e.g. 300, or unset it for the default")
     return seconds
 
 
@@ -210,9 +206,10 @@ class StudyStore:
     def __init__(self, storage: str, name: str, *,
                  storage_options: dict[str, Any] | None = None) -> None:
         if not _STUDY.match(name):
-            raise StudyError(f"study name {name!r} is not 1-63 lowercase letters, digits and "
-                             "dashes (no '/' or '..'); fix: rename it, e.g. 'fixture-demo'")
-        self.storage = storage.rstrip("/")
+            raise StudyError("study", "name is not 1-63 lowercase letters, digits and dashes "
+                             "(no '/' or '..')", value=name, fix="rename it, e.g. 'fixture-demo'")
+        parsed = parse_storage(storage)  # a malformed URL never becomes a local folder
+        self.storage = parsed.url
         self.name = name
         if (window := _retry_window()) is not None:
             self.retry_seconds = window
@@ -221,7 +218,7 @@ class StudyStore:
             options.setdefault("config_kwargs", STORE_S3_CONFIG)
         self.fs, root = fsspec.core.url_to_fs(self.storage, **options)
         self.root = f"{root.rstrip('/')}/{name}"
-        self.url = f"{self.storage}/{name}"
+        self.url = parsed.join(name)
         self._local = "file" in _protocols(self.fs)
         self._lease_stop: threading.Event | None = None
 
@@ -250,10 +247,10 @@ class StudyStore:
                 cause = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
                 if time.monotonic() + delay > deadline:
                     raise StorageUnavailableError(
-                        f"study store {self.url} did not answer for "
-                        f"{time.monotonic() - started:.0f} s ({what}: {cause}); fix: bring the "
-                        f"store back, then `mmmo resume {self.name} --storage {self.storage}`: "
-                        "every trial recorded so far is kept"
+                        "", f"study store {self.url} did not answer for "
+                        f"{time.monotonic() - started:.0f} s ({what}: {cause})",
+                        fix=f"bring the store back, then `mmmo resume {self.name} --storage "
+                        f"{self.storage}`: every trial recorded so far is kept"
                     ) from exc
                 LOG.warning("study store %s: %s failed (%s); retrying in %.1f s",
                             self.url, what, cause, delay)
@@ -330,11 +327,20 @@ class StudyStore:
         """The spec the study was created with."""
         import yaml
 
+        from mmmo import yamlio
+
         try:
-            data = yaml.safe_load(self.read_bytes("spec.yaml"))
+            text = self.read_bytes("spec.yaml").decode("utf-8")
         except FileNotFoundError:
-            raise StudyError(f"no study '{self.name}' at {self.storage} (spec.yaml missing); "
-                             "start it with `mmmo run SPEC --study NAME`") from None
+            raise StudyError("study", f"'{self.name}' does not exist at {self.storage} (no "
+                             "spec.yaml)", fix="start it with `mmmo run SPEC --study NAME`, or "
+                             "check --storage") from None
+        try:
+            data = yamlio.load(text, source=self.url_of("spec.yaml"))
+        except yaml.YAMLError as exc:
+            raise StudyError("study", f"its spec.yaml is not valid YAML ({type(exc).__name__})",
+                             source=self.url_of("spec.yaml"),
+                             fix="restore the study's spec.yaml, or start a new study") from None
         return parse_spec(data, source=self.url_of("spec.yaml"))
 
     def open_or_create(self, spec: SearchSpec, *, dimension_names: list[str]) -> bool:
@@ -521,68 +527,6 @@ class StudyStore:
         self.release_lease(box["lease"])
 
 
-def check_storage(storage: str, *, storage_options: dict[str, Any] | None = None) -> None:
-    """Fail fast, writing nothing, when ``storage`` cannot hold studies.
-
-    A local folder must be creatable and writable: a temporary file is created in the folder
-    (or its nearest existing parent) and removed at once. A remote store must answer within
-    seconds (S3: bounded botocore time-outs and retries, see :data:`PROBE_S3_CONFIG`), and its
-    bucket must exist.
-
-    Raises:
-        SpecError: one line naming ``storage``, what is wrong and the fix.
-    """
-    proto = storage.split("://", 1)[0] if "://" in storage else "file"
-    if proto in ("file", "local"):
-        _check_local(Path(storage.split("://", 1)[-1]).expanduser(), storage)
-        return
-    options = dict(storage_options or {})
-    s3 = proto in ("s3", "s3a")
-    if s3:
-        options.setdefault("config_kwargs", PROBE_S3_CONFIG)
-    try:
-        fs, root = fsspec.core.url_to_fs(storage, skip_instance_cache=True, **options)
-    except ImportError as exc:
-        raise SpecError("storage", f"needs a package that is not installed ({exc})",
-                        value=storage, fix="install the fsspec driver of "
-                        f"{proto}://, or use a local folder or s3://") from None
-    if s3:
-        fs.retries = 1  # s3fs's own retry loop, on top of botocore's
-    top = root.strip("/").split("/")[0] if s3 else root
-    try:
-        fs.info(top)
-    except FileNotFoundError:
-        if s3:
-            raise SpecError("storage", f"bucket '{top}' does not exist", value=storage,
-                            fix="create the bucket first, or check AWS_ENDPOINT_URL") from None
-    except PermissionError:
-        pass  # it answered; rights on the bucket itself are not needed to write under a prefix
-    except Exception as exc:  # noqa: BLE001 - unreachable, refused, no credentials, ...
-        line = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise SpecError("storage", f"cannot be reached ({type(exc).__name__}: {line})",
-                        value=storage, fix="check the endpoint (AWS_ENDPOINT_URL), the "
-                        "network and the credentials") from None
-
-
-def _check_local(path: Path, storage: str) -> None:
-    probe_in = path
-    while not probe_in.exists() and probe_in != probe_in.parent:
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        raise SpecError("storage", f"{probe_in} is a file, not a folder", value=storage,
-                        fix="choose a folder for the studies")
-    import tempfile
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".mmmo-probe-", dir=probe_in)
-    except OSError as exc:
-        raise SpecError("storage", f"cannot write in {probe_in} ({exc.strerror or exc})",
-                        value=storage, fix="choose a writable folder, or fix its "
-                        "permissions") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
 def check_study(spec: SearchSpec, *, storage_options: dict[str, Any] | None = None) -> None:
     """Check, read-only, that ``spec`` may start or resume its study.
 
@@ -602,16 +546,16 @@ def check_study(spec: SearchSpec, *, storage_options: dict[str, Any] | None = No
 
 
 def _different(store: StudyStore, changed: list[str]) -> StudyError:
-    return StudyError(f"study '{store.name}' at {store.storage} was created with a "
-                      f"different {', '.join(changed)}; fix: resume it with its own spec "
+    return StudyError("study", f"'{store.name}' at {store.storage} was created with a "
+                      f"different {', '.join(changed)}", fix="resume it with its own spec "
                       "(`mmmo resume`) or choose a new --study name")
 
 
 def _held(name: str, lease: Lease) -> LeaseHeldError:
     until = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat(timespec="seconds")
-    return LeaseHeldError(f"study '{name}' is held by a running search ({lease.holder}, "
-                          f"lease valid until {until}); fix: wait for it to finish, or stop it "
-                          "and retry once the lease expires")
+    return LeaseHeldError("study", f"'{name}' is held by a running search ({lease.holder}, "
+                          f"lease valid until {until})", fix="wait for it to finish, or stop "
+                          "it and retry once the lease expires")
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
