@@ -38,7 +38,9 @@ def check_inputs(spec: SearchSpec, *, storage: bool = False,
         SpecError, HomologyError, StudyError: one line naming the field and the fix.
     """
     from mmmo.evaluation import validate_tasks
+    from mmmo.evaluation.faults import fault_plan
 
+    fault_plan()  # MMMO_FAULTS (test-only) is read by the evaluations: refuse a bad one now
     check_device(spec.compute.device)
     check_models(spec)
     check_space(spec)
@@ -111,9 +113,9 @@ def check_space(spec: SearchSpec) -> None:
                         "interval [low, high] (in merge.parameters or a source's parameters)")
     unit = 10.0 ** spec.merge.rounding
     log_count = 0.0
-    for low, high in space.bounds.T:
-        log_count += math.log(math.floor(high * unit + 1e-9) - math.ceil(low * unit - 1e-9)
-                              + 1 + 2)  # the grid, plus off-grid bounds kept exactly
+    for low, high in space.bounds.T:  # grid points strictly inside, plus both bounds (kept
+        inside = math.ceil(high * unit - 1e-9) - math.floor(low * unit + 1e-9) - 1  # exactly)
+        log_count += math.log(max(inside, 0) + 2)
     if log_count < math.log(budget):
         count = round(math.exp(log_count))
         raise SpecError("merge.rounding", f"leaves at most {count} distinct recipes for a "

@@ -413,7 +413,8 @@ class OptimizerSpec(_Frozen):
             problem = ("is not a setting" if err["type"] == "extra_forbidden"
                        else err["msg"].split(",")[0].lower())
             raise FieldProblem(f"{problem} of strategy {self.strategy}",
-                               f"settings of {self.strategy} are: {allowed}",
+                               f"settings of {self.strategy} are: {allowed}" if allowed else
+                               f"{self.strategy} takes no settings: remove optimizer.settings",
                                field=f"settings.{key}", value=err.get("input"),
                                has_value="input" in err) from None
         return self
@@ -782,6 +783,9 @@ def load_spec(path_or_url: str | Path) -> SearchSpec:
     except FileNotFoundError:
         raise SpecError("spec", "file not found", value=ref,
                         fix="check the path or URL of the spec YAML") from None
+    except IsADirectoryError:
+        raise SpecError("spec", "is a folder, not a YAML file", value=ref,
+                        fix="give the path of the spec's YAML file") from None
     except (OSError, ValueError) as exc:
         raise SpecError("spec", f"cannot be read: {exc}".splitlines()[0], value=ref,
                         fix="check the URL and its credentials") from None

@@ -70,8 +70,8 @@ def check_homology(base: str | _ModelLike, sources: Sequence[str | _ModelLike], 
     try:
         _check(base, sources)
     except _Mismatch as exc:
-        index, who, problem, unreadable = exc.args
-        fix = _READABLE if unreadable else _SAME_FAMILY
+        index, who, problem, unreadable, *own = exc.args
+        fix = (own[0] if own and own[0] else _READABLE) if unreadable else _SAME_FAMILY
         if fields is None:
             raise HomologyError(who, problem, fix=fix, unreadable=unreadable) from None
         raise HomologyError(fields[index], f"{who}: {problem}", fix=fix,
@@ -88,8 +88,9 @@ def layer_count(model: str | _ModelLike) -> int | None:
     try:
         cfg = _config(_local(ref, revision, 0, f"model ({ref})"), 0, f"model ({ref})")
     except _Mismatch as exc:
-        _, who, problem, _ = exc.args
-        raise HomologyError(who, problem, fix=_READABLE, unreadable=True) from None
+        _, who, problem, _, *own = exc.args
+        raise HomologyError(who, problem, fix=(own[0] if own and own[0] else _READABLE),
+                            unreadable=True) from None
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(cfg.get(key), int):
             return int(cfg[key])
@@ -97,7 +98,7 @@ def layer_count(model: str | _ModelLike) -> int | None:
 
 
 class _Mismatch(Exception):
-    """(index in [base, *sources], who, problem, unreadable)."""
+    """(index in [base, *sources], who, problem, unreadable[, the model error's own fix])."""
 
 
 def _check(base: str | _ModelLike, sources: Sequence[str | _ModelLike]) -> None:
@@ -135,7 +136,8 @@ def _local(ref: str, revision: str | None, index: int, who: str) -> Path:
         return resolve_local(ref, revision)
     except FileNotFoundError as exc:  # ModelUnavailableError, or a plain one
         problem = getattr(exc, "problem", None) or str(exc)
-        raise _Mismatch(index, who, f"cannot be read: {problem}", True) from None
+        own = getattr(exc, "fix", None) if not ref.startswith("fixture:") else None
+        raise _Mismatch(index, who, f"cannot be read: {problem}", True, own) from None
 
 
 def _config(folder: Path, index: int, who: str) -> dict[str, Any]:
@@ -154,7 +156,8 @@ def _headers(folder: Path, index: int, who: str) -> dict[str, TensorHeader]:
         return read_tensor_headers(folder)
     except (FileNotFoundError, ValueError, OSError) as exc:
         problem = getattr(exc, "problem", None) or str(exc)
-        raise _Mismatch(index, who, f"cannot be read: {problem}", True) from None
+        raise _Mismatch(index, who, f"cannot be read: {problem}", True,
+                        getattr(exc, "fix", None)) from None
 
 
 def _compare_config(base: dict[str, Any], other: dict[str, Any]) -> None:
