@@ -88,13 +88,13 @@ class MmmoError(Exception):
         return self.line()
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes (Ray, Dask)
-        return (_rebuild, (type(self), self.__dict__.copy()))
+        return (_rebuild, (type(self), self.__dict__.copy(), self.args))
 
 
-def _rebuild(cls: type[MmmoError], state: dict[str, Any]) -> MmmoError:
+def _rebuild(cls: type[MmmoError], state: dict[str, Any], args: tuple[Any, ...]) -> MmmoError:
     error = cls.__new__(cls)
     error.__dict__.update(state)
-    Exception.__init__(error, error.line())
+    Exception.__init__(error, *args)
     return error
 
 
@@ -170,7 +170,22 @@ class StorageUnavailableError(MmmoError):
 
 
 class EvaluationError(MmmoError):
-    """An evaluation failed; carries a typed failure record."""
+    """An evaluation failed; carries its typed failure record (``EvalFailure`` as JSON).
+
+    ``EvaluationError(record)``: ``failure`` and ``args[0]`` are the record (how the Prefect
+    tasks hand it on), ``str()`` its one line.
+    """
+
+    def __init__(self, field: Any = "", problem: str = "", **kwargs: Any) -> None:
+        self.failure: dict[str, Any] | None = None
+        if isinstance(field, dict):
+            self.failure = dict(field)
+            field, problem = (f"evaluation of {self.failure.get('task', '?')}",
+                              f"{self.failure.get('kind', 'exception')}: "
+                              f"{self.failure.get('message', '')}")
+        super().__init__(field, problem, **kwargs)
+        if self.failure is not None:
+            self.args = (self.failure,)
 
 
 class NoCompleteTrialError(MmmoError):
