@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 from mmmo.spec import SearchSpec
@@ -21,15 +20,18 @@ def result_storage(storage: str) -> Any:
     saved server-side under a name derived from the URL. Credentials are not stored in the
     block: fsspec reads them from the worker's environment (AWS_* variables for S3).
     """
-    if "://" not in storage or storage.startswith("file://"):
-        return Path(storage.removeprefix("file://")).expanduser().resolve() / RESULTS_DIR
+    from mmmo.storage import parse_storage
+
+    parsed = parse_storage(storage)  # a malformed URL is refused, never a local folder
+    if parsed.local:
+        return parsed.local_path.resolve() / RESULTS_DIR
     from prefect.filesystems import RemoteFileSystem
 
     name = "mmmo-results-" + hashlib.sha256(storage.encode()).hexdigest()[:12]
     try:
         return RemoteFileSystem.load(name)
     except ValueError:
-        block = RemoteFileSystem(basepath=f"{storage.rstrip('/')}/{RESULTS_DIR}")
+        block = RemoteFileSystem(basepath=parsed.join(RESULTS_DIR))
         block.save(name, overwrite=True)
         return block
 
