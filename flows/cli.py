@@ -104,10 +104,11 @@ def _one_line(exc: BaseException) -> str:
 def _quiet_prefect(console: RunConsole) -> None:
     """Prefect's logs go to the run's log (and the API, for the UI), not to the console."""
     import prefect.logging.configuration as prefect_logging
+    import prefect.main  # noqa: F401 - importing it (re)sets Prefect's logging, root level too
 
-    if not prefect_logging.PROCESS_LOGGING_CONFIG:  # its first set-up replaces root handlers
+    if not prefect_logging.PROCESS_LOGGING_CONFIG:
         prefect_logging.setup_logging()
-    console.attach()
+    console.attach()  # the root logger back at INFO, with the run's log
     console.route()
 
 

@@ -311,9 +311,12 @@ CASES = [
          lambda c: c.run("--max-iterations", "-1")),
     Case("unknown-strategy", "optimizer.strategy: is not a known strategy", "use one of",
          lambda c: c.run(optimizer={"strategy": "bayes"})),
-    Case("unknown-strategy-setting", "optimizer.settings.foo: is not a setting of strategy "
-         "random", "settings of random are", lambda c: c.run(
+    Case("setting-of-a-strategy-without-settings", "optimizer.settings.foo: is not a setting "
+         "of strategy random", "random takes no settings", lambda c: c.run(
              optimizer={"strategy": "random", "settings": {"foo": 1}})),
+    Case("misspelt-strategy-setting", "optimizer.settings.acquisiton: is not a setting of "
+         "strategy mmmo", "settings of mmmo are", lambda c: c.run(
+             optimizer={"strategy": "mmmo", "settings": {"acquisiton": "qehvi"}})),
     Case("setting-the-spec-sets", "optimizer.settings.n_init: 'n_init' is set by the spec "
          "itself", "set optimizer.n_init instead", lambda c: c.run(
              optimizer={"strategy": "random", "settings": {"n_init": 3}})),
