@@ -177,7 +177,7 @@ def _start_api(log: Path | None = None) -> Any:
         return None
     from flows.local_server import start_local_server
 
-    return start_local_server(wait=False, log=log)
+    return start_local_server(wait=False, log=log, kind="api")
 
 
 @contextlib.contextmanager

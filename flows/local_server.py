@@ -7,10 +7,11 @@ group as soon as the starting process is gone, SIGKILL included.
 
 Two ways to run it (``kind``), both a single process:
 
-- ``"api"`` (default): uvicorn serving ``prefect.server.api.server:create_app`` the way
-  Prefect's own temporary server does (no UI, no background services: nothing a search needs),
-  without the ``prefect`` CLI's start-up;
-- ``"full"``: ``prefect server start`` (UI and services), for people who want to watch the UI.
+- ``"api"`` (what ``mmmo run`` uses): uvicorn serving ``prefect.server.api.server:create_app``
+  the way Prefect's own temporary server does (no UI, no background services: nothing a search
+  needs), without the ``prefect`` CLI's start-up;
+- ``"full"`` (default): ``prefect server start`` (UI, scheduler and the other services), what
+  deployments, schedules and workers need.
 
 ``benchmarks/server_startup.py`` measures both against Prefect's temporary server.
 """
@@ -83,7 +84,7 @@ class LocalServer(tuple):  # noqa: SLOT001 - (process, url), unpackable as befor
 
 
 def start_local_server(home: Path | None = None, *, timeout: float = 120,
-                       log: Path | None = None, kind: ServerKind = "api",
+                       log: Path | None = None, kind: ServerKind = "full",
                        env: Mapping[str, str] | None = None,
                        wait: bool = True) -> LocalServer:
     """Start a server on a free loopback port.
@@ -93,7 +94,8 @@ def start_local_server(home: Path | None = None, *, timeout: float = 120,
             home and database (what Prefect's temporary server would use).
         timeout: Seconds to wait for ``/api/health``.
         log: Its output (default ``home/server.log``, or discarded without a home).
-        kind: ``"api"`` (API only, light) or ``"full"`` (``prefect server start``).
+        kind: ``"full"`` (``prefect server start``: UI, scheduler and other services, what
+            deployments and workers need) or ``"api"`` (the API only, as ``mmmo run`` uses).
         env: Base environment (default this process's).
         wait: Wait for ``/api/health`` (else call :func:`wait_healthy` later).
 

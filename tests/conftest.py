@@ -40,7 +40,8 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     from flows.local_server import start_local_server
 
-    server = start_local_server(tmp_path_factory.mktemp("prefect-harness"), timeout=180)
+    server = start_local_server(tmp_path_factory.mktemp("prefect-harness"), timeout=180,
+                                kind="api")
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.url}), \
                 prefect.context._temporary_global_settings_context(  # noqa: SLF001
