@@ -1,6 +1,8 @@
 """The ``mmmo`` command line: run, resume, status, pareto, pick, export, report, demo.
 
-Exit codes: 0 ok; 2 bad input (a one-line message, no traceback); 1 runtime failure (the
+Exit codes (from the error's type, :attr:`mmmo.errors.MmmoError.exit_code`): 0 ok; 2 bad input
+(a one-line message, no traceback, nothing written); 3 the search finished but no trial meets
+the pick's constraints (the study is kept, the nearest trials named); 1 runtime failure (the
 message and where the log is).
 """
 
@@ -12,8 +14,9 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,22 +25,27 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flows.console import RunConsole
 from mmmo._env import cache_dir
-from mmmo.errors import HomologyError, MmmoError, SpecError, StudyError
+from mmmo.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_NO_PICK,
+    MmmoError,
+    SpecError,
+    StudyError,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="mm-mo: search merge recipes of fine-tuned LLMs with multi-objective "
                        "Bayesian optimisation (MM-MO), as a Prefect workflow.")
-out = Console()
+out = Console(soft_wrap=True)  # paths and result lines are never cut
 err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_STORAGE = os.environ.get("MMMO_STORAGE", "./studies")
 StorageOpt = Annotated[str, typer.Option("--storage", help="Where studies live: a folder, "
                                          "file://..., s3://bucket/prefix (env MMMO_STORAGE).")]
 StudyArg = Annotated[str, typer.Argument(help="The study's name.")]
-
-BAD_INPUT = (SpecError, HomologyError, StudyError, FileNotFoundError)
-
 
 class _Exit(Exception):
     def __init__(self, code: int) -> None:
@@ -51,24 +59,40 @@ def _log_file() -> Path:
 
 
 def _guard(fn: Callable[[], Any], *, log: Path | None = None) -> Any:
-    """Run ``fn``; map bad input to exit 2 (one line) and other failures to exit 1."""
+    """Run ``fn``; end the command as the error's type says (:attr:`MmmoError.exit_code`).
+
+    Bad input (2): one ``error:`` line. No pick (3): one ``no pick:`` line and where the
+    study is. Anything else (1): the message and the log, which gets the traceback.
+    """
     try:
         return fn()
     except _Exit:
         raise
-    except BAD_INPUT as exc:
-        err.print(f"[red]error:[/red] {escape(_one_line(exc))}", highlight=False, markup=True)
-        raise _Exit(2) from None
+    except MmmoError as exc:
+        code = exc.exit_code or EXIT_FAILURE
+        if code == EXIT_BAD_INPUT:
+            err.print(f"[red]error:[/red] {escape(exc.line())}", highlight=False)
+            raise _Exit(code) from None
+        log = _write_traceback(log)
+        label = "no pick" if code == EXIT_NO_PICK else "failed"
+        err.print(f"[red]{label}:[/red] {escape(exc.line())}\n  log: {escape(str(log))}",
+                  highlight=False)
+        raise _Exit(code) from None
     except KeyboardInterrupt:
         err.print("interrupted; resume with `mmmo resume STUDY`")
         raise _Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        log = log or _log_file()
-        with log.open("a") as fh:
-            fh.write(traceback.format_exc())
+        log = _write_traceback(log)
         err.print(f"[red]failed:[/red] {escape(_one_line(exc))}\n  log: {escape(str(log))}",
                   highlight=False)
-        raise _Exit(1) from None
+        raise _Exit(EXIT_FAILURE) from None
+
+
+def _write_traceback(log: Path | None) -> Path:
+    log = log or _log_file()
+    with log.open("a") as fh:
+        fh.write(traceback.format_exc())
+    return log
 
 
 def _one_line(exc: BaseException) -> str:
@@ -77,76 +101,126 @@ def _one_line(exc: BaseException) -> str:
     return first if isinstance(exc, MmmoError) else f"{type(exc).__name__}: {first}"
 
 
-_HANDLER: dict[str, logging.Handler | None] = {"current": None}
-
-
-def _quiet_prefect(log: Path, verbose: bool) -> None:
-    """Send Prefect's and mm-mo's logs to ``log``; the console shows progress only."""
-    if not verbose:  # the console shows progress; the API (UI) and the log file get the logs
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+def _quiet_prefect(console: RunConsole) -> None:
+    """Prefect's logs go to the run's log (and the API, for the UI), not to the console."""
     import prefect.logging.configuration as prefect_logging
+    import prefect.main  # noqa: F401 - importing it (re)sets Prefect's logging, root level too
 
-    if not prefect_logging.PROCESS_LOGGING_CONFIG:  # its first set-up drops foreign handlers
+    if not prefect_logging.PROCESS_LOGGING_CONFIG:
         prefect_logging.setup_logging()
-    handler = logging.FileHandler(log, delay=True)  # no file until something is logged
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.captureWarnings(True)  # library warnings (e.g. GPyTorch's) go to the log file
-    logging.getLogger("py.warnings").propagate = verbose
-    for name in ("prefect", "mmmo", "lm-eval", "lm_eval", "py.warnings"):
-        logger = logging.getLogger(name)
-        if _HANDLER["current"] is not None:  # an earlier command of this process
-            logger.removeHandler(_HANDLER["current"])
-        logger.addHandler(handler)
-    if _HANDLER["current"] is not None:
-        _HANDLER["current"].close()
-    _HANDLER["current"] = handler
+    console.attach()  # the root logger back at INFO, with the run's log
+    console.route()
 
 
 # --------------------------------------------------------------------------------- run
 
 
-def _quiet_console(verbose: bool) -> None:
-    """No third-party progress bars on the console (ours shows progress), unless verbose.
-
-    Must run before tqdm is first imported (by the input checks: lm-eval, datasets): tqdm
-    reads ``TQDM_*`` variables once, at import.
-    """
-    if not verbose:
-        for name in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
-                     "HF_HUB_DISABLE_PROGRESS_BARS"):
-            os.environ.setdefault(name, "1")
-
-
 def _run_search(spec: str, study: str | None, storage: str | None,
                 max_iterations: int | None, verbose: bool) -> dict[str, Any]:
+    """Check every input, then run the flow; library output goes to the run's log only."""
+    log = _log_file()
+    with RunConsole(log, (out, err), verbose=verbose) as console:
+        return _checked_run(console, log, spec, study, storage, max_iterations)
+
+
+def _checked_run(console: RunConsole, log: Path, spec: str, study: str | None,
+                 storage: str | None, max_iterations: int | None) -> dict[str, Any]:
     from mmmo.spec import load_spec
 
-    _quiet_console(verbose)
-
-    log = _log_file()
     if max_iterations is not None and max_iterations < 0:
-        _guard(lambda: _bad_max_iterations(max_iterations))
+        _guard(lambda: _bad_max_iterations(max_iterations), log=log)
     loaded = _guard(lambda: load_spec(spec), log=log)
     if study or storage:
         loaded = _guard(lambda: loaded.with_overrides(study=study, storage=storage), log=log)
-    from mmmo.search import check_inputs
+    from mmmo.preflight import check_inputs
 
     # everything checkable is checked here, before Prefect starts and anything is written
-    _guard(lambda: check_inputs(loaded, storage=True), log=log)
-    _quiet_prefect(log, verbose)
-    from flows.search import merge_search
+    warned = _guard(lambda: check_inputs(loaded, storage=True), log=log)
+    console.route()
+    for warning in warned:
+        err.print(f"[yellow]warning:[/yellow] {escape(str(warning))}", highlight=False)
+    server = _guard(lambda: _start_api(log), log=log)  # starts while the flow is imported
+    try:
+        _quiet_prefect(console)
+        from flows.search import merge_search
 
-    err.print(f"study [bold]{loaded.study_name}[/bold] at {escape(loaded.storage)}: "
-              f"{loaded.optimizer.budget} trials, strategy {loaded.optimizer.strategy}; "
-              f"log: {log}", highlight=False)
-    def search() -> dict[str, Any]:
-        with _Progress(loaded):  # stops the bar before any error is printed
-            return merge_search(spec=spec, study=loaded.study_name, storage=loaded.storage,
-                                max_iterations=max_iterations)
+        with _api(server, log):
+            err.print(f"study [bold]{loaded.study_name}[/bold] at {escape(loaded.storage)}: "
+                      f"{loaded.optimizer.budget} trials, strategy "
+                      f"{loaded.optimizer.strategy}; log: {log}", highlight=False)
 
-    result = _guard(search, log=log)
+            def search() -> dict[str, Any]:
+                with _Progress(loaded):  # stops the bar before any error is printed
+                    return merge_search(spec=spec, study=loaded.study_name,
+                                        storage=loaded.storage, max_iterations=max_iterations)
+
+            result = _guard(search, log=log)
+    finally:
+        if server is not None:
+            server.stop()
     _print_result(result)
     return result
+
+
+def _start_api(log: Path | None = None) -> Any:
+    """A loopback Prefect API for this run, unless one is configured (PREFECT_API_URL).
+
+    Prefect would otherwise start a temporary server of its own, which a killed run leaves
+    behind; this one runs under mm-mo's watchdog and goes with the run, SIGKILL included.
+    Returns the started server (not yet healthy) or None.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None
+    from flows.local_server import start_local_server
+
+    return start_local_server(wait=False, log=log, kind="api")
+
+
+@contextlib.contextmanager
+def _api(server: Any, log: Path) -> Iterator[None]:
+    """Point Prefect (this process and its children) at ``server`` for the block."""
+    if server is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.local_server import wait_healthy
+
+    _guard(lambda: wait_healthy(server), log=log)
+    logging.getLogger("mmmo.cli").info("Prefect API %s answered %.1f s after its start",
+                                       server.url, time.perf_counter() - server.started)
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.url}):
+            try:
+                yield
+            finally:
+                _drain_prefect()
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
+def _drain_prefect(timeout: float = 10.0) -> None:
+    """Send the logs and events Prefect still holds before its server goes away (else its
+    workers retry against a closed port at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)
+
+
+def _bad(field: str, problem: str, value: Any, fix: str, *, has_value: bool = True) -> None:
+    raise SpecError(field, problem, value=value, fix=fix, has_value=has_value)
 
 
 def _bad_max_iterations(value: int) -> None:
@@ -328,9 +402,8 @@ def pick_cmd(study: StudyArg, storage: StorageOpt = DEFAULT_STORAGE,
     from mmmo.space import SearchSpace
 
     if policy not in (None, "primary", "knee", "weighted"):
-        err.print(f"error: --policy: unknown policy {policy!r}; fix: use primary, knee or "
-                  "weighted")
-        raise typer.Exit(2)
+        _guard(lambda: _bad("--policy", "is not a pick policy", policy,
+                            "use primary, knee or weighted"))
     store = _store(study, storage)
     spec = store.load_spec()
     search = Search(spec, store, SearchSpace.from_spec(spec))
@@ -351,8 +424,8 @@ def export(study: StudyArg,
     Example: [bold]mmmo export demo 17 --out ./merged[/bold]
     """
     if not out_url:
-        err.print("error: --out: missing; fix: give a destination folder or URL")
-        raise typer.Exit(2)
+        _guard(lambda: _bad("--out", "is missing", None, "give a destination folder or URL",
+                            has_value=False))
     from mmmo.merging.export import export as do_export
     from mmmo.search import Search
     from mmmo.space import SearchSpace
@@ -366,7 +439,8 @@ def export(study: StudyArg,
             return search.pick()[0]
         found = [t for t in store.trials() if t.number == trial]
         if not found:
-            raise StudyError(f"study '{study}' has no trial {trial}; see `mmmo status {study}`")
+            raise StudyError("trial", f"study '{study}' has no trial {trial}", value=trial,
+                             fix=f"see `mmmo status {study}` for its trials")
         return found[0]
 
     record = _guard(chosen)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmmo.errors import MmmoError
+from mmmo.errors import NoCompleteTrialError
 from mmmo.optimization import Constraint, order
 
 __all__ = ["FinalStage", "natural_constraints", "objective_signs"]
@@ -68,21 +68,26 @@ class FinalStage:
     def _ranked(self, trials: Sequence[Any], *, policy: str | None = None,
                 front_only: bool = False) -> list[Any]:
         Y = np.array([_floats(t.values, len(self.names)) for t in trials], dtype=float)
+        name = self.store.name
         if not len(Y) or not np.isfinite(Y).all(axis=1).any():
-            raise MmmoError(f"no trial of study '{self.store.name}' completed, nothing to "
-                            f"pick; see `mmmo status {self.store.name}` for the failures")
+            raise NoCompleteTrialError("pick", f"no trial of study '{name}' completed: "
+                                       "nothing to pick",
+                                       fix=f"see `mmmo status {name}` for the failures")
         pick = self.spec.pick
-        idx = order(Y, policy or pick.policy, names=self.names,
-                    primary=pick.primary or self.names[0], weights=pick.weights or None,
-                    constraints=self.constraints(), normalize=pick.normalize,
-                    front_only=front_only)
+        signs = objective_signs(self.spec)
+        idx = order(Y.reshape(len(trials), len(self.names)), policy or pick.policy,
+                    names=self.names, primary=pick.primary or self.names[0],
+                    weights=pick.weights or None, constraints=self.constraints(),
+                    normalize=pick.normalize, front_only=front_only,
+                    labels=[t.number for t in trials], signs=[signs[n] for n in self.names])
         return [trials[int(i)] for i in idx]
 
     def pick(self, *, policy: str | None = None) -> tuple[Any, str]:
         """The chosen trial under the spec's pick policy (or ``policy``) and why.
 
         Raises:
-            MmmoError: no complete trial, or none satisfies the constraints.
+            NoCompleteTrialError: no complete trial.
+            NoFeasibleTrialError: none satisfies the constraints (it names the nearest).
         """
         trials = self.pool()
         chosen = self._ranked(trials, policy=policy)[0]

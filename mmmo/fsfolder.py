@@ -23,7 +23,7 @@ from typing import Any
 
 import fsspec
 
-from mmmo.errors import StorageUnavailableError, StudyError
+from mmmo.errors import SpecError, StorageUnavailableError
 from mmmo.hooks import crash_point
 
 __all__ = ["STORE_S3_CONFIG", "FsFolder"]
@@ -60,8 +60,8 @@ def _retry_window() -> float | None:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
-        raise StudyError(f"MMMO_STORE_RETRY_SECONDS={raw!r}: is not a number of seconds >= 0; "
-                         "fix: set it to e.g. 300, or unset it for the default")
+        raise SpecError("MMMO_STORE_RETRY_SECONDS", "is not a number of seconds >= 0",
+                        value=raw, fix="set it to e.g. 300, or unset it for the default")
     return seconds
 
 
@@ -78,7 +78,9 @@ class FsFolder:
     """What the folder is, in messages (``study store``, ``result store``)."""
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = url.rstrip("/")
+        from mmmo.storage import parse_storage
+
+        self.url = parse_storage(url).url  # a malformed URL never becomes a local folder
         if (window := _retry_window()) is not None:
             self.retry_seconds = window
         options = dict(storage_options or {})
@@ -115,9 +117,9 @@ class FsFolder:
                 cause = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
                 if time.monotonic() + delay > deadline:
                     raise StorageUnavailableError(
-                        f"{self.kind} {self.url} did not answer for "
-                        f"{time.monotonic() - started:.0f} s ({what}: {cause}); fix: "
-                        f"{self.resume_hint()}") from exc
+                        "", f"{self.kind} {self.url} did not answer for "
+                        f"{time.monotonic() - started:.0f} s ({what}: {cause})",
+                        fix=self.resume_hint()) from exc
                 LOG.warning("%s %s: %s failed (%s); retrying in %.1f s",
                             self.kind, self.url, what, cause, delay)
                 time.sleep(delay)

@@ -110,8 +110,10 @@ def fault_plan(text: str | None = None) -> FaultPlan | None:
     """The plan ``MMMO_FAULTS`` (or ``text``) describes; None when unset or empty.
 
     Raises:
-        ValueError: one line naming the bad entry.
+        SpecError: (a ValueError) one line naming the bad entry.
     """
+    from mmmo.errors import SpecError
+
     text = faults_setting() if text is None else text
     if not text.strip():
         return None
@@ -124,13 +126,13 @@ def fault_plan(text: str | None = None) -> FaultPlan | None:
             values["raise_" if key == "raise" else key] = int(raw) if key == "seed" \
                 else float(raw)
         except ValueError:
-            raise ValueError(f"{FAULTS_ENV}: bad entry {part!r}; fix: write e.g. "
-                             "raise=0.1,timeout=0.1,nan=0.1,oom=0.1,seed=0") from None
+            raise SpecError(FAULTS_ENV, "has a bad entry", value=part, fix="write e.g. "
+                            "raise=0.1,timeout=0.1,nan=0.1,oom=0.1,seed=0") from None
     plan = FaultPlan(**values)  # type: ignore[arg-type]
     probabilities = (plan.raise_, plan.timeout, plan.nan, plan.oom)
     if min(*probabilities, plan.merge) < 0 or sum(probabilities) > 1 or plan.merge > 1:
-        raise ValueError(f"{FAULTS_ENV}: probabilities must be >= 0 and sum to <= 1 "
-                         f"(got {text!r})")
+        raise SpecError(FAULTS_ENV, "probabilities must be >= 0 and sum to <= 1", value=text,
+                        fix="lower them (merge= is drawn on its own, <= 1)")
     return plan
 
 

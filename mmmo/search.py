@@ -21,14 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from mmmo.errors import SpecError
-from mmmo.final_table import FinalStage, natural_constraints, recipe_json
+from mmmo.errors import MmmoError
+from mmmo.final_table import FinalStage, natural_constraints, objective_signs, recipe_json
 from mmmo.hooks import crash_point
 from mmmo.optimization import Optimizer, make_optimizer
+from mmmo.preflight import check_device, check_inputs, check_models
 from mmmo.spec import SearchSpec
 from mmmo.study import Proposal, ProposedTrial, StudyStore, TrialRecord
 
-__all__ = ["Batch", "Search", "natural_constraints"]
+__all__ = ["Batch", "Search", "check_device", "check_inputs", "check_models",
+           "natural_constraints", "objective_signs"]
 
 
 @dataclass(frozen=True)
@@ -87,12 +89,9 @@ class Search(FinalStage):
             StudyError: an existing study with this name searches something else.
         """
         from mmmo.space import SearchSpace
-        from mmmo.study import check_storage
-
         space = SearchSpace.from_spec(spec)
         if preflight:
-            check_inputs(spec)
-            check_storage(spec.storage, storage_options=storage_options)
+            check_inputs(spec, storage=True, storage_options=storage_options)
         from mmmo.warmstart import snapshot
 
         store = StudyStore(spec.storage, spec.study_name, storage_options=storage_options)
@@ -156,7 +155,7 @@ class Search(FinalStage):
         """The proposal of ``iteration``: the stored one, or a new one (written first).
 
         Raises:
-            RuntimeError: an earlier iteration still has unfinished trials.
+            MmmoError: an earlier iteration still has unfinished trials.
         """
         stored = self.store.proposals()
         existing = {p.iteration: p for p in stored if p.kind == "new"}
@@ -166,8 +165,10 @@ class Search(FinalStage):
         done = {t.number for t in trials}
         for p in existing.values():
             if p.iteration < iteration and any(t.number not in done for t in p.trials):
-                raise RuntimeError(f"iteration {p.iteration} has unfinished trials; "
-                                   f"finish it before proposing iteration {iteration}")
+                name = self.store.name
+                raise MmmoError("study", f"iteration {p.iteration} of '{name}' has unfinished "
+                                "trials", fix=f"finish it first (`mmmo resume {name}`) before "
+                                f"proposing iteration {iteration}")
         batch = self.batches[iteration]
         start = time.perf_counter()
         X = self.replay(trials, upto=iteration).ask(batch.size)
@@ -352,100 +353,3 @@ def _finite(value: float) -> float | None:
 def _floats(values: Sequence[float | None], m: int) -> list[float]:
     out = [np.nan if v is None else float(v) for v in values]
     return out + [np.nan] * (m - len(out))
-
-
-def check_inputs(spec: SearchSpec, *, storage: bool = False) -> None:
-    """Cheap checks before any expensive work; nothing is loaded or written.
-
-    The compute device exists, the models are homologous (configs and headers only), every
-    task resolves and reports its metric, and, with ``storage``, the store is reachable and
-    writable and the study (if it exists) may be resumed with ``spec`` (see
-    :func:`~mmmo.study.check_storage`, :func:`~mmmo.study.check_study`).
-
-    Raises:
-        SpecError, HomologyError, StudyError: one line naming the field and the fix.
-    """
-    from mmmo.evaluation import validate_tasks
-    from mmmo.evaluation.vllm import preflight as engine_preflight
-
-    check_device(spec.compute.device)
-    _check_models(spec)
-    engine_preflight(spec)
-    if spec.optimizer.warm_start:
-        from mmmo.warmstart import check_donors
-
-        check_donors(spec)
-    validate_tasks(spec.objectives.tasks, field="objectives.tasks")
-    validate_tasks(spec.heldout, field="heldout")
-    _check_documents(spec)
-    if storage:
-        from mmmo.study import check_storage, check_study
-
-        check_storage(spec.storage)
-        check_study(spec)
-
-
-def _check_documents(spec: SearchSpec) -> None:
-    """Confirmation needs documents the search does not use; fidelity levels need documents
-    and a metric that is a mean over them. One line naming the field and the fix."""
-    from mmmo.evaluation.tasks import DocRange, averages_documents, task_sizes
-    from mmmo.fidelity import Levels
-
-    levels = Levels(spec)
-    for i, task in enumerate(spec.objectives.tasks):
-        where = f"objectives.tasks[{i}]"
-        sizes = task_sizes(task)
-        n = sum(sizes.values())
-        used = sum(DocRange(stop=task.limit).count(k) for k in sizes.values())
-        if spec.confirm.enabled and used >= n:
-            raise SpecError(f"{where}.limit", f"uses all {n} documents of {task.label}, "
-                            "leaving none to confirm the final table on", value=task.limit,
-                            fix=f"lower it (e.g. to {max(1, (2 * n) // 3)}) so that the pick "
-                            "is confirmed on documents that did not choose it, or set "
-                            "confirm.enabled: false")
-        if levels.enabled:
-            first = sum(levels.chunk(task, 0).count(k) for k in sizes.values())
-            if first < 1 or levels.stop(task, 0) == task.limit:
-                raise SpecError("optimizer.fidelity.levels", f"its first level gives "
-                                f"{task.label} {first} of its {used} documents",
-                                value=list(levels.levels), fix="start with a level of at "
-                                "least one document and below the whole subsample")
-            if not averages_documents(task):
-                raise SpecError(f"{where}.metric", f"is not a mean over documents in "
-                                f"{task.label}: its fidelity levels cannot be combined",
-                                value=task.metric, fix="use a mean metric (acc, "
-                                "exact_match, ...) or remove optimizer.fidelity")
-
-
-def check_device(device: str) -> None:
-    """Raise a one-line SpecError when ``compute.device`` is not on this machine."""
-    import torch
-
-    kind, _, index = device.partition(":")
-    if kind == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0 or (index and int(index) >= count):
-            raise SpecError("compute.device", f"this machine has {count} CUDA device(s)",
-                            value=device, fix="use auto or cpu, or an index below "
-                            f"{max(count, 1)}")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise SpecError("compute.device", "MPS is not available on this machine",
-                        value=device, fix="use auto or cpu")
-
-
-def _check_models(spec: SearchSpec) -> None:
-    """Homology, source by source, so that the error names the spec field."""
-    from mmmo.errors import HomologyError
-    from mmmo.merging import check_homology
-
-    for i, src in enumerate(spec.sources):
-        try:
-            check_homology(spec.base, [src])
-        except HomologyError as exc:
-            text = str(exc)
-            field = "base.path" if text.startswith("base") else f"sources[{i}].path"
-            fix = ("check the path, or put the hub model in the local cache "
-                   "(HF_HUB_OFFLINE=0 downloads it)" if "cannot be read" in text
-                   else "use only fine-tunes of the base (same architecture, tensor names "
-                   "and shapes, vocabulary)")
-            raise HomologyError(f"{field}: {text}; fix: {fix}") from None

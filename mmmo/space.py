@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from mmmo.errors import SpecError, StudyError
 from mmmo.merging.recipe import (
     ModelEntry,
     ParamValue,
@@ -137,21 +138,26 @@ class SearchSpace:
                    rounding=merge.rounding)
 
     def _shrink_della_density(self) -> None:
-        for src in self.sources:
+        for i, src in enumerate(self.sources):
             fixed, searched = self._fixed[src.label], self._bounds[src.label]
             eps = fixed.get("epsilon")
+            where = f"sources[{i}].parameters"
             if "density" in fixed and eps is not None:
                 if not della_valid(fixed["density"], eps):
-                    raise ValueError(f"{src.label}: della needs density +/- epsilon in (0, 1) "
-                                     f"(fixed density {fixed['density']}, epsilon {eps})")
+                    raise SpecError(where, f"{self.method} needs density +/- epsilon in (0, 1) "
+                                    f"(source '{src.label}': fixed density {fixed['density']}, "
+                                    f"epsilon {eps})", fix="lower epsilon or move density "
+                                    "away from 0 and 1 (here or in merge.parameters)")
             elif "density" in searched and eps is not None and eps > 0:
                 low, high = searched["density"]
                 grid_low = (math.floor(eps / self._unit + 1e-9) + 1) * self._unit
                 grid_high = (math.ceil((1 - eps) / self._unit - 1e-9) - 1) * self._unit
                 low, high = max(low, grid_low), min(high, grid_high)
                 if low > high:
-                    raise ValueError(f"{src.label}: no density in its bounds satisfies della's "
-                                     f"density +/- {eps} in (0, 1)")
+                    raise SpecError(where, f"no density in source '{src.label}''s bounds "
+                                    f"satisfies {self.method}'s density +/- {eps} in (0, 1)",
+                                    fix="lower epsilon or widen density's bounds (here or in "
+                                    "merge.parameters)")
                 if low == high:
                     del searched["density"]
                     fixed["density"] = round(low, self._rounding)
@@ -324,7 +330,7 @@ class SearchSpace:
     def recipe(self, data: Recipe | Mapping[str, Any]) -> Recipe:
         """A recipe from its JSON form (``model_dump(mode="json")``, as trials store it).
 
-        A ``recipe_id`` key, if present, must match the recipe's (else ValueError).
+        A ``recipe_id`` key, if present, must match the recipe's (else StudyError).
         """
         if isinstance(data, Recipe):
             return data
@@ -332,8 +338,9 @@ class SearchSpace:
         claimed = payload.pop("recipe_id", None)
         recipe = Recipe.model_validate(payload)
         if claimed is not None and claimed != recipe.recipe_id:
-            raise ValueError(f"stored recipe_id {claimed} does not match its content "
-                             f"({recipe.recipe_id}); the recipe format or a model changed")
+            raise StudyError("recipe_id", f"stored {claimed} does not match the recipe's "
+                             f"content ({recipe.recipe_id}): the recipe format or a model "
+                             "changed", fix="start a new study (--study NAME) for these models")
         return recipe
 
     @property

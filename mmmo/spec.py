@@ -18,6 +18,7 @@ Task references are an lm-eval task name, a task YAML path, or ``fixture:tasks/<
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -207,6 +208,7 @@ class MergeSpec(_Frozen):
                                    value=value, has_value=True)
         for key, bound in self.parameters.items():
             _check_bound(key, bound, per_model, self.method, f"parameters.{key}")
+            _check_read(key, bound, self.method, f"parameters.{key}")
         return self
 
     def searched_parameters(self) -> list[str]:
@@ -243,6 +245,20 @@ def method_parameters(method: str) -> tuple[dict[str, Any], dict[str, Any]]:
         target = shared if p.scope.value == "shared" else per_model
         target[p.name] = None if p.required else p.default
     return per_model, shared
+
+
+def _inert(method: str) -> frozenset[str]:
+    from mmmo.merging.recipe import inert_parameters
+
+    return inert_parameters(method)
+
+
+def _check_read(key: str, bound: Bound, method: str, field: str) -> None:
+    """A parameter that mergekit declares for ``method`` but never reads cannot be set."""
+    if key in _inert(method):
+        raise FieldProblem(f"mergekit's {method} declares '{key}' but never reads it",
+                           f"remove it (or use a method that reads {key}, e.g. dare_ties)",
+                           field=field, value=bound, has_value=True)
 
 
 def _check_bound(key: str, bound: Bound, per_model: dict[str, Any], method: str,
@@ -410,7 +426,8 @@ class OptimizerSpec(_Frozen):
             problem = ("is not a setting" if err["type"] == "extra_forbidden"
                        else err["msg"].split(",")[0].lower())
             raise FieldProblem(f"{problem} of strategy {self.strategy}",
-                               f"settings of {self.strategy} are: {allowed}",
+                               f"settings of {self.strategy} are: {allowed}" if allowed else
+                               f"{self.strategy} takes no settings: remove optimizer.settings",
                                field=f"settings.{key}", value=err.get("input"),
                                has_value="input" in err) from None
         return self
@@ -433,6 +450,15 @@ class ConstraintSpec(_Frozen):
         if self.min is None and self.max is None:
             raise FieldProblem("needs a bound", "add min: <value> and/or max: <value>",
                                value=self.objective, has_value=True, field="objective")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise FieldProblem("min is above max: no value satisfies both",
+                               "write min <= max (min is a lower bound, max an upper one)",
+                               value={"min": self.min, "max": self.max}, has_value=True)
+        for side in ("min", "max"):
+            bound = getattr(self, side)
+            if bound is not None and not math.isfinite(bound):
+                raise FieldProblem("must be a finite number", f"write a number, or leave "
+                                   f"{side} out", field=side, value=bound, has_value=True)
         return self
 
 
@@ -452,6 +478,19 @@ class PickSpec(_Frozen):
     """Choose among the pick and the ``confirm.top_k`` best candidates by their confirmed
     scores (documents the search did not use) instead of their search estimates."""
     constraints: list[ConstraintSpec] = Field(default_factory=list)
+
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for key, w in weights.items():
+            if not math.isfinite(w) or w < 0:
+                raise FieldProblem("must be a finite weight >= 0", "give each objective a "
+                                   "weight >= 0 (0 ignores it)", field=key, value=w,
+                                   has_value=True)
+        if weights and not any(weights.values()):
+            raise FieldProblem("are all 0: every trial would tie", "give at least one "
+                               "objective a positive weight", value=weights, has_value=True)
+        return weights
 
 
 class BaselineSpec(_Frozen):
@@ -640,6 +679,15 @@ class EvaluationSpec(_Frozen):
     retry_delay_seconds: float | list[float] = Field(default_factory=lambda: [2.0, 10.0])
     timeout_seconds: float | None = Field(default=None, gt=0)
 
+    @field_validator("retry_delay_seconds")
+    @classmethod
+    def _check_delays(cls, delays: float | list[float]) -> float | list[float]:
+        values = delays if isinstance(delays, list) else [delays]
+        if not values or any(not math.isfinite(d) or d < 0 for d in values):
+            raise FieldProblem("must be seconds >= 0 (a number or a non-empty list)",
+                               "write e.g. 10 or [10, 60]", value=delays, has_value=True)
+        return delays
+
 
 class SearchSpec(_Frozen):
     """A whole search: what to merge, what to optimise, where to store it, how to run it."""
@@ -684,11 +732,12 @@ class SearchSpec(_Frozen):
     @field_validator("storage")
     @classmethod
     def _check_storage(cls, url: str) -> str:
-        proto = url.split("://", 1)[0] if "://" in url else "file"
-        if proto not in fsspec.available_protocols():
-            raise FieldProblem(f"unknown storage protocol '{proto}'",
-                               "use a local folder, file://, s3://bucket/prefix or another "
-                               "fsspec URL", value=url, has_value=True)
+        from mmmo.storage import parse_storage
+
+        try:
+            parse_storage(url)
+        except SpecError as exc:  # malformed: refused here, before anything can be written
+            raise FieldProblem(exc.problem, exc.fix, value=url, has_value=True) from None
         return url
 
     @model_validator(mode="after")
@@ -696,6 +745,8 @@ class SearchSpec(_Frozen):
         self._check_models()
         self._check_objective_names()
         self._check_pick()
+        self._check_baselines()
+        self._check_compute()
         self._check_budget()
         return self
 
@@ -740,6 +791,7 @@ class SearchSpec(_Frozen):
             for key, bound in src.parameters.items():
                 _check_bound(key, bound, per_model, self.merge.method,
                              f"sources[{i}].parameters.{key}")
+                _check_read(key, bound, self.merge.method, f"sources[{i}].parameters.{key}")
         if self.base.parameters:
             raise FieldProblem("the base takes no merge parameters", "move them to sources",
                                field="base.parameters", value=self.base.parameters,
@@ -755,6 +807,13 @@ class SearchSpec(_Frozen):
                                    "name: for each objective", field=f"objectives.tasks[{i}]"
                                    ".name", value=obj.label, has_value=True)
             seen.add(obj.label)
+        for i, task in enumerate(self.heldout):
+            if task.label in seen:
+                raise FieldProblem("is already the name of an objective or another held-out "
+                                   "task", "set a distinct name: (the final table has one "
+                                   "column per name)", field=f"heldout[{i}].name",
+                                   value=task.label, has_value=True)
+            seen.add(task.label)
 
     def _check_pick(self) -> None:
         names = self.objective_names()
@@ -775,6 +834,69 @@ class SearchSpec(_Frozen):
                 raise FieldProblem("is not an objective", f"use one of {names}",
                                    field=f"pick.constraints[{i}].objective",
                                    value=con.objective, has_value=True)
+
+    def _check_baselines(self) -> None:
+        n = len(self.sources)
+        rows = {self.base.label, *(s.label for s in self.sources)}
+        for i, b in enumerate(self.baselines):
+            where = f"baselines[{i}]"
+            method = b.method or self.merge.method
+            per_model, shared = method_parameters(method)
+            given = b.model_fields_set
+            reads_density = "density" in per_model and "density" not in _inert(method)
+            if "density" in given and b.density is not None and not reads_density:
+                raise FieldProblem(f"{method} has no density", "remove density from this "
+                                   "baseline (or choose a method that sparsifies, e.g. "
+                                   "dare_ties)", field=f"{where}.density", value=b.density,
+                                   has_value=True)
+            if b.normalize is not None and "normalize" not in shared:
+                raise FieldProblem(f"{method} has no normalize option", "remove normalize "
+                                   "from this baseline", field=f"{where}.normalize",
+                                   value=b.normalize, has_value=True)
+            weight = 1.0 / n if b.weight is None else b.weight
+            lo, hi = ADMISSIBLE["weight"]
+            if not math.isfinite(weight) or not lo <= weight <= hi:
+                raise FieldProblem("is outside the range mergekit accepts for weight",
+                                   f"keep it within [{lo}, {hi}]", field=f"{where}.weight",
+                                   value=b.weight, has_value=True)
+            if weight <= 0:
+                raise FieldProblem(f"every source weighs {weight:g}: the merge is the base "
+                                   "model itself, or moves away from every source",
+                                   f"use a positive weight, e.g. {1 / n:.3g} (= 1/{n})",
+                                   field=f"{where}.weight", value=b.weight, has_value=True)
+            normalize = b.normalize
+            if normalize is None:
+                normalize = (self.merge.normalize if method == self.merge.method else None)
+                normalize = shared.get("normalize") if normalize is None else normalize
+            if method == "linear" and normalize is False and abs(n * weight - 1) > 0.01:
+                raise FieldProblem(f"the {n} weights sum to {n * weight:g}: linear without "
+                                   "normalize scales the whole model by that sum",
+                                   f"use weight {1 / n:.3g} (= 1/{n}), or normalize: true",
+                                   field=f"{where}.weight", value=b.weight, has_value=True)
+            if method.startswith("della") and reads_density and b.density is not None:
+                eps = per_model.get("epsilon") or 0.0
+                from mmmo.merging.recipe import della_valid
+
+                if not della_valid(b.density, eps):
+                    raise FieldProblem(f"{method} needs density +/- epsilon ({eps:g}) in "
+                                       "(0, 1)", f"use a density in ({eps:g}, {1 - eps:g})",
+                                       field=f"{where}.density", value=b.density,
+                                       has_value=True)
+            label = b.label.replace("method", method)
+            if label in rows or label.startswith("pick"):
+                raise FieldProblem("is already the name of a model or another baseline",
+                                   "give each baseline a distinct name: (the final table has "
+                                   "one row per name)", field=f"{where}.name", value=label,
+                                   has_value=True)
+            rows.add(label)
+
+    def _check_compute(self) -> None:
+        c = self.compute
+        if c.runner_address and c.runner == "threads":
+            raise FieldProblem("is only read by the ray and dask runners",
+                               "remove runner_address, or set runner: ray or dask",
+                               field="compute.runner_address", value=c.runner_address,
+                               has_value=True)
 
     def objective_names(self) -> list[str]:
         """Objective names in vector order: the tasks, then sparsity when enabled."""
@@ -826,11 +948,16 @@ def load_spec(path_or_url: str | Path) -> SearchSpec:
     except FileNotFoundError:
         raise SpecError("spec", "file not found", value=ref,
                         fix="check the path or URL of the spec YAML") from None
+    except IsADirectoryError:
+        raise SpecError("spec", "is a folder, not a YAML file", value=ref,
+                        fix="give the path of the spec's YAML file") from None
     except (OSError, ValueError) as exc:
         raise SpecError("spec", f"cannot be read: {exc}".splitlines()[0], value=ref,
                         fix="check the URL and its credentials") from None
+    from mmmo import yamlio
+
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.load(text, source=ref)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -47,21 +47,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmmo import __version__
-from mmmo.errors import LeaseHeldError, SpecError, StudyError
+from mmmo.errors import LeaseHeldError, StudyError
 from mmmo.fsfolder import FsFolder
 from mmmo.spec import _STUDY, SearchSpec, parse_spec
+from mmmo.storage import PROBE_S3_CONFIG, check_storage, parse_storage
 
-__all__ = ["Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage", "check_study",
-           "search_fields_differ"]
+__all__ = ["PROBE_S3_CONFIG", "Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage",
+           "check_study", "search_fields_differ"]
 
-#: botocore settings of the pre-flight probe of an S3 store: an unreachable endpoint fails in
-#: seconds instead of minutes of retries.
-PROBE_S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15,
-                   "retries": {"max_attempts": 2, "mode": "standard"}}
 
 LOG = logging.getLogger(__name__)
 
@@ -205,11 +201,12 @@ class StudyStore(FsFolder):
     def __init__(self, storage: str, name: str, *,
                  storage_options: dict[str, Any] | None = None) -> None:
         if not _STUDY.match(name):
-            raise StudyError(f"study name {name!r} is not 1-63 lowercase letters, digits and "
-                             "dashes (no '/' or '..'); fix: rename it, e.g. 'fixture-demo'")
-        self.storage = storage.rstrip("/")
+            raise StudyError("study", "name is not 1-63 lowercase letters, digits and dashes "
+                             "(no '/' or '..')", value=name, fix="rename it, e.g. 'fixture-demo'")
+        parsed = parse_storage(storage)  # a malformed URL never becomes a local folder
+        self.storage = parsed.url
         self.name = name
-        super().__init__(f"{self.storage}/{name}", storage_options=storage_options)
+        super().__init__(parsed.join(name), storage_options=storage_options)
 
     def resume_hint(self) -> str:
         """Resume the study once its store answers again."""
@@ -234,11 +231,20 @@ class StudyStore(FsFolder):
         """The spec the study was created with."""
         import yaml
 
+        from mmmo import yamlio
+
         try:
-            data = yaml.safe_load(self.read_bytes("spec.yaml"))
+            text = self.read_bytes("spec.yaml").decode("utf-8")
         except FileNotFoundError:
-            raise StudyError(f"no study '{self.name}' at {self.storage} (spec.yaml missing); "
-                             "start it with `mmmo run SPEC --study NAME`") from None
+            raise StudyError("study", f"'{self.name}' does not exist at {self.storage} (no "
+                             "spec.yaml)", fix="start it with `mmmo run SPEC --study NAME`, or "
+                             "check --storage") from None
+        try:
+            data = yamlio.load(text, source=self.url_of("spec.yaml"))
+        except yaml.YAMLError as exc:
+            raise StudyError("study", f"its spec.yaml is not valid YAML ({type(exc).__name__})",
+                             source=self.url_of("spec.yaml"),
+                             fix="restore the study's spec.yaml, or start a new study") from None
         return parse_spec(data, source=self.url_of("spec.yaml"))
 
     def open_or_create(self, spec: SearchSpec, *, dimension_names: list[str]) -> bool:
@@ -423,68 +429,6 @@ class StudyStore(FsFolder):
         self.release_lease(box["lease"])
 
 
-def check_storage(storage: str, *, storage_options: dict[str, Any] | None = None) -> None:
-    """Fail fast, writing nothing, when ``storage`` cannot hold studies.
-
-    A local folder must be creatable and writable: a temporary file is created in the folder
-    (or its nearest existing parent) and removed at once. A remote store must answer within
-    seconds (S3: bounded botocore time-outs and retries, see :data:`PROBE_S3_CONFIG`), and its
-    bucket must exist.
-
-    Raises:
-        SpecError: one line naming ``storage``, what is wrong and the fix.
-    """
-    proto = storage.split("://", 1)[0] if "://" in storage else "file"
-    if proto in ("file", "local"):
-        _check_local(Path(storage.split("://", 1)[-1]).expanduser(), storage)
-        return
-    options = dict(storage_options or {})
-    s3 = proto in ("s3", "s3a")
-    if s3:
-        options.setdefault("config_kwargs", PROBE_S3_CONFIG)
-    try:
-        fs, root = fsspec.core.url_to_fs(storage, skip_instance_cache=True, **options)
-    except ImportError as exc:
-        raise SpecError("storage", f"needs a package that is not installed ({exc})",
-                        value=storage, fix="install the fsspec driver of "
-                        f"{proto}://, or use a local folder or s3://") from None
-    if s3:
-        fs.retries = 1  # s3fs's own retry loop, on top of botocore's
-    top = root.strip("/").split("/")[0] if s3 else root
-    try:
-        fs.info(top)
-    except FileNotFoundError:
-        if s3:
-            raise SpecError("storage", f"bucket '{top}' does not exist", value=storage,
-                            fix="create the bucket first, or check AWS_ENDPOINT_URL") from None
-    except PermissionError:
-        pass  # it answered; rights on the bucket itself are not needed to write under a prefix
-    except Exception as exc:  # noqa: BLE001 - unreachable, refused, no credentials, ...
-        line = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise SpecError("storage", f"cannot be reached ({type(exc).__name__}: {line})",
-                        value=storage, fix="check the endpoint (AWS_ENDPOINT_URL), the "
-                        "network and the credentials") from None
-
-
-def _check_local(path: Path, storage: str) -> None:
-    probe_in = path
-    while not probe_in.exists() and probe_in != probe_in.parent:
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        raise SpecError("storage", f"{probe_in} is a file, not a folder", value=storage,
-                        fix="choose a folder for the studies")
-    import tempfile
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".mmmo-probe-", dir=probe_in)
-    except OSError as exc:
-        raise SpecError("storage", f"cannot write in {probe_in} ({exc.strerror or exc})",
-                        value=storage, fix="choose a writable folder, or fix its "
-                        "permissions") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
 def check_study(spec: SearchSpec, *, storage_options: dict[str, Any] | None = None) -> None:
     """Check, read-only, that ``spec`` may start or resume its study.
 
@@ -504,15 +448,15 @@ def check_study(spec: SearchSpec, *, storage_options: dict[str, Any] | None = No
 
 
 def _different(store: StudyStore, changed: list[str]) -> StudyError:
-    return StudyError(f"study '{store.name}' at {store.storage} was created with a "
-                      f"different {', '.join(changed)}; fix: resume it with its own spec "
+    return StudyError("study", f"'{store.name}' at {store.storage} was created with a "
+                      f"different {', '.join(changed)}", fix="resume it with its own spec "
                       "(`mmmo resume`) or choose a new --study name")
 
 
 def _held(name: str, lease: Lease) -> LeaseHeldError:
     until = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat(timespec="seconds")
-    return LeaseHeldError(f"study '{name}' is held by a running search ({lease.holder}, "
-                          f"lease valid until {until}); fix: wait for it to finish, or stop it "
-                          "and retry once the lease expires")
+    return LeaseHeldError("study", f"'{name}' is held by a running search ({lease.holder}, "
+                          f"lease valid until {until})", fix="wait for it to finish, or stop "
+                          "it and retry once the lease expires")
 
 

@@ -101,8 +101,8 @@ def test_unknown_study_exits_2(tmp_path: Path) -> None:
     result = cli("status", "nope", "--storage", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: no study 'nope' at {tmp_path} (spec.yaml missing); start it with "
-        "`mmmo run SPEC --study NAME`"]
+        f"error: study 'nope' does not exist at {tmp_path} (no spec.yaml); fix: start it with "
+        "`mmmo run SPEC --study NAME`, or check --storage"]
 
 
 def test_status_pareto_pick(study: dict[str, Any]) -> None:

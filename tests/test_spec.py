@@ -69,7 +69,7 @@ def test_file_url_and_relative_paths(tmp_path: Path) -> None:
 
 def test_overrides_revalidate() -> None:
     spec = parse_spec(_valid())
-    assert spec.with_overrides(study="other", storage="s3://b/p").study_name == "other"
+    assert spec.with_overrides(study="other", storage="s3://bkt/p").study_name == "other"
     with pytest.raises(SpecError, match=r"^override: study: must be 1-63 lowercase"):
         spec.with_overrides(study="Not OK")
 

@@ -167,5 +167,5 @@ def test_store_that_stays_away_fails_in_one_line_naming_the_fix(
 
 
 def test_missing_study_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(StudyError, match="no study 'nope' at .* start it with `mmmo run"):
+    with pytest.raises(StudyError, match="study 'nope' does not exist at .* start it with `mmmo run"):
         StudyStore(str(tmp_path), "nope").load_spec()

@@ -370,6 +370,7 @@ class TaskRegistry:
                             fix="fix the path, or use an lm-eval task name")
         from lm_eval.tasks._yaml_loader import load_yaml
 
+        _check_duplicate_keys(path, ref)
         try:
             cfg = load_yaml(path, resolve_func=False)
         except Exception as exc:  # a YAML error, an include cycle, not a mapping
@@ -521,6 +522,35 @@ def _apply_overrides(task: Any, spec: TaskSpec) -> None:
             task.set_config(key="num_fewshot", value=spec.num_fewshot)
     elif task.get_config("num_fewshot") is None:
         task.set_config(key="num_fewshot", value=0)
+
+
+def _check_duplicate_keys(path: Path, ref: str, seen: set[Path] | None = None) -> None:
+    """Refuse a key given twice in a user's task YAML or the YAMLs it includes (lm-eval, like
+    PyYAML, would silently keep the last one). Tags such as ``!function`` are accepted."""
+    import yaml as _yaml
+
+    from mmmo.yamlio import DuplicateKeyError, check
+
+    seen = set() if seen is None else seen
+    path = path.resolve()
+    if path in seen or not path.is_file():
+        return
+    seen.add(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        check(text)
+        cfg = _yaml.load(text, Loader=_AnyTagLoader)  # noqa: S506 - tags are not run
+    except DuplicateKeyError as exc:
+        raise SpecError("task", f"task YAML {path.name}: {exc.key_path} is given twice "
+                        f"(lines {exc.lines[0]} and {exc.lines[1]})", value=ref,
+                        fix="keep one") from None
+    except (OSError, UnicodeError, _yaml.YAMLError):
+        return  # lm-eval's own loader reports it, with the line
+    includes = cfg.get("include") if isinstance(cfg, dict) else None
+    for inc in includes if isinstance(includes, list) else [includes] if includes else []:
+        if isinstance(inc, str):
+            inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+            _check_duplicate_keys(inc_path, ref, seen)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -71,7 +71,8 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
         url: Target folder: local path, ``file://...``, ``s3://bucket/prefix`` or any fsspec URL.
         materializer: Save from this resident model (materialising ``recipe`` unless it holds
             it already); None runs mergekit's ``run_merge`` from disk instead.
-        overwrite: Replace a complete export already at ``url`` (otherwise FileExistsError).
+        overwrite: Replace a complete export already at ``url`` (otherwise
+            :class:`~mmmo.errors.DestinationExistsError`, a FileExistsError).
         storage_options: fsspec options (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
         device: Math device of the mergekit route.
         trust_remote_code: Let transformers/mergekit run code shipped with the models (None:
@@ -84,12 +85,17 @@ def export(recipe: Recipe, url: str | os.PathLike[str], *, materializer: Any = N
     url = str(url)
     if trust_remote_code is None:
         trust_remote_code = bool(getattr(materializer, "trust_remote_code", False))
+    from mmmo.errors import DestinationExistsError
+    from mmmo.storage import parse_storage
+
+    url = parse_storage(url, field="export").url  # a malformed URL is no local folder
     fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     root = root.rstrip("/")
     marker = f"{root}/{MARKER}"
     if fs.exists(marker) and not overwrite:
-        raise FileExistsError(f"{url}: a complete export is already there; pass "
-                              "overwrite=True to replace it")
+        raise DestinationExistsError("export", "a complete export is already there",
+                                     value=url, fix="choose another destination, or remove "
+                                     "it first (overwrite=True replaces it)")
     local = isinstance(fs, LocalFileSystem)
     parent = Path(root).parent if local else None
     if parent is not None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from mmmo.errors import HomologyError
 from mmmo.merging.models import TensorHeader, read_tensor_headers, resolve_local
 
-__all__ = ["STRUCTURAL_CONFIG_KEYS", "check_homology"]
+__all__ = ["STRUCTURAL_CONFIG_KEYS", "check_homology", "layer_count"]
 
 #: config.json fields that must agree (when either model sets them); others may differ.
 STRUCTURAL_CONFIG_KEYS = (
@@ -45,30 +45,83 @@ class _ModelLike(Protocol):
 
 
 
-def check_homology(base: str | _ModelLike, sources: Sequence[str | _ModelLike]) -> None:
+_SAME_FAMILY = ("use only fine-tunes of the base (same architecture, tensor names and shapes, "
+                "vocabulary)")
+_READABLE = ("check the path, or put the hub model in the local cache (HF_HUB_OFFLINE=0 "
+             "downloads it)")
+
+
+def check_homology(base: str | _ModelLike, sources: Sequence[str | _ModelLike], *,
+                   fields: Sequence[str] | None = None) -> None:
     """Check that every source has the base's architecture, tensors and vocabulary.
 
     Args:
         base: The base model: a ref string or anything with ``path``/``revision``/``label``
             (a :class:`~mmmo.spec.ModelSpec` or a recipe's model entry).
         sources: The models merged into the base.
+        fields: The spec fields of ``[base, *sources]`` (e.g. ``base.path``,
+            ``sources[0].path``): the error then names the field of the model at fault.
 
     Raises:
         HomologyError: one line naming the first model that differs and the first differing
-            config field, tensor (missing, unexpected, or shape) or vocabulary entry.
+            config field, tensor (missing, unexpected, or shape) or vocabulary entry
+            (``unreadable`` when a model cannot be read at all).
     """
+    try:
+        _check(base, sources)
+    except _Mismatch as exc:
+        index, who, problem, unreadable, *own = exc.args
+        fix = (own[0] if own and own[0] else _READABLE) if unreadable else _SAME_FAMILY
+        if fields is None:
+            raise HomologyError(who, problem, fix=fix, unreadable=unreadable) from None
+        raise HomologyError(fields[index], f"{who}: {problem}", fix=fix,
+                            unreadable=unreadable) from None
+
+
+def layer_count(model: str | _ModelLike) -> int | None:
+    """The model's number of decoder layers from its ``config.json`` (None if not stated).
+
+    Raises:
+        HomologyError: the model cannot be read.
+    """
+    ref, revision, _ = _describe(model)
+    try:
+        cfg = _config(_local(ref, revision, 0, f"model ({ref})"), 0, f"model ({ref})")
+    except _Mismatch as exc:
+        _, who, problem, _, *own = exc.args
+        raise HomologyError(who, problem, fix=(own[0] if own and own[0] else _READABLE),
+                            unreadable=True) from None
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(cfg.get(key), int):
+            return int(cfg[key])
+    return None
+
+
+class _Mismatch(Exception):
+    """(index in [base, *sources], who, problem, unreadable[, the model error's own fix])."""
+
+
+def _check(base: str | _ModelLike, sources: Sequence[str | _ModelLike]) -> None:
     base_ref, base_rev, _ = _describe(base)
-    base_dir = _local(base_ref, base_rev, "base", base_ref)
-    base_cfg = _config(base_dir)
-    base_tensors = _headers(base_dir, "base", base_ref)
+    who = f"base ({base_ref})"
+    base_dir = _local(base_ref, base_rev, 0, who)
+    base_cfg = _config(base_dir, 0, who)
+    base_tensors = _headers(base_dir, 0, who)
     base_vocab = _vocabulary(base_dir)
-    for src in sources:
+    for i, src in enumerate(sources, start=1):
         ref, rev, label = _describe(src)
         who = f"source '{label}' ({ref})"
-        folder = _local(ref, rev, f"source '{label}'", ref)
-        _compare_config(base_cfg, _config(folder), who)
-        _compare_tensors(base_tensors, _headers(folder, f"source '{label}'", ref), who)
-        _compare_vocab(base_vocab, _vocabulary(folder), who)
+        folder = _local(ref, rev, i, who)
+        try:
+            _compare_config(base_cfg, _config(folder, i, who))
+            _compare_tensors(base_tensors, _headers(folder, i, who))
+            _compare_vocab(base_vocab, _vocabulary(folder))
+        except _Differs as exc:
+            raise _Mismatch(i, who, str(exc), False) from None
+
+
+class _Differs(Exception):
+    """What differs from the base (one line)."""
 
 
 def _describe(model: Any) -> tuple[str, str | None, str]:
@@ -78,35 +131,44 @@ def _describe(model: Any) -> tuple[str, str | None, str]:
     return ref, getattr(model, "revision", None), model.label
 
 
-def _local(ref: str, revision: str | None, who: str, shown: str) -> Path:
+def _local(ref: str, revision: str | None, index: int, who: str) -> Path:
     try:
         return resolve_local(ref, revision)
-    except FileNotFoundError as exc:
-        raise HomologyError(f"{who} ({shown}): cannot be read: {exc}") from None
+    except FileNotFoundError as exc:  # ModelUnavailableError, or a plain one
+        problem = getattr(exc, "problem", None) or str(exc)
+        own = getattr(exc, "fix", None) if not ref.startswith("fixture:") else None
+        raise _Mismatch(index, who, f"cannot be read: {problem}", True, own) from None
 
 
-def _config(folder: Path) -> dict[str, Any]:
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+def _config(folder: Path, index: int, who: str) -> dict[str, Any]:
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _Mismatch(index, who, f"cannot be read: config.json: {exc}", True) from None
+    if not isinstance(cfg, dict):
+        raise _Mismatch(index, who, "cannot be read: config.json is not a JSON object", True)
     return cfg.get("text_config", cfg) | {"model_type": cfg.get("model_type"),
                                          "architectures": cfg.get("architectures")}
 
 
-def _headers(folder: Path, who: str, ref: str) -> dict[str, TensorHeader]:
+def _headers(folder: Path, index: int, who: str) -> dict[str, TensorHeader]:
     try:
         return read_tensor_headers(folder)
     except (FileNotFoundError, ValueError, OSError) as exc:
-        raise HomologyError(f"{who} ({ref}): {exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise _Mismatch(index, who, f"cannot be read: {problem}", True,
+                        getattr(exc, "fix", None)) from None
 
 
-def _compare_config(base: dict[str, Any], other: dict[str, Any], who: str) -> None:
+def _compare_config(base: dict[str, Any], other: dict[str, Any]) -> None:
     arch_b, arch_o = (base.get("architectures") or [None])[0], (other.get("architectures")
                                                                or [None])[0]
     if arch_b != arch_o:
-        raise HomologyError(f"{who}: architecture {arch_o} differs from the base's {arch_b}")
+        raise _Differs(f"architecture {arch_o} differs from the base's {arch_b}")
     for key in STRUCTURAL_CONFIG_KEYS:
         if (key in base or key in other) and base.get(key) != other.get(key):
-            raise HomologyError(f"{who}: config field {key} is {other.get(key)!r}, "
-                                f"the base has {base.get(key)!r}")
+            raise _Differs(f"config field {key} is {other.get(key)!r}, "
+                           f"the base has {base.get(key)!r}")
 
 
 def _natural(name: str) -> list[Any]:
@@ -114,16 +176,15 @@ def _natural(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _compare_tensors(base: dict[str, TensorHeader], other: dict[str, TensorHeader],
-                     who: str) -> None:
+def _compare_tensors(base: dict[str, TensorHeader], other: dict[str, TensorHeader]) -> None:
     for name in sorted(set(base) | set(other), key=_natural):
         if name not in other:
-            raise HomologyError(f"{who}: tensor {name} is missing (the base has it)")
+            raise _Differs(f"tensor {name} is missing (the base has it)")
         if name not in base:
-            raise HomologyError(f"{who}: tensor {name} is not in the base")
+            raise _Differs(f"tensor {name} is not in the base")
         if base[name].shape != other[name].shape:
-            raise HomologyError(f"{who}: tensor {name} has shape {list(other[name].shape)}, "
-                                f"the base has {list(base[name].shape)}")
+            raise _Differs(f"tensor {name} has shape {list(other[name].shape)}, "
+                           f"the base has {list(base[name].shape)}")
 
 
 def _vocabulary(folder: Path) -> dict[str, int] | str | None:
@@ -148,20 +209,19 @@ def _vocabulary(folder: Path) -> dict[str, int] | str | None:
     return None
 
 
-def _compare_vocab(base: dict[str, int] | str | None, other: dict[str, int] | str | None,
-                   who: str) -> None:
+def _compare_vocab(base: dict[str, int] | str | None, other: dict[str, int] | str | None) -> None:
     """Every base token must keep its id; a source may add tokens (the base's tokenizer is used)."""
     if base is None or other is None:
         return
     if isinstance(base, str) or isinstance(other, str):
         if base != other:
-            raise HomologyError(f"{who}: tokenizer differs from the base's (tokenizer.model "
-                                "or tokenizer.json differ)")
+            raise _Differs("tokenizer differs from the base's (tokenizer.model or "
+                           "tokenizer.json differ)")
         return
     by_id = {i: t for t, i in other.items()}
     for token, idx in sorted(base.items(), key=lambda kv: kv[1]):
         if other.get(token) != idx:
             found = f"id {other[token]}" if token in other else "no id"
             theirs = f"; its id {idx} is {by_id[idx]!r}" if idx in by_id else ""
-            raise HomologyError(f"{who}: vocabulary differs from the base's at token {token!r} "
-                                f"(base id {idx}, source {found}{theirs})")
+            raise _Differs(f"vocabulary differs from the base's at token {token!r} "
+                           f"(base id {idx}, source {found}{theirs})")

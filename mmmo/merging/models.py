@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmmo.errors import ModelUnavailableError
+
 __all__ = [
     "TensorHeader",
     "is_hub_id",
@@ -69,8 +71,8 @@ def resolve_local(ref: str, revision: str | None = None) -> Path:
     only when ``HF_HUB_OFFLINE`` allows it; mm-mo defaults to offline).
 
     Raises:
-        FileNotFoundError: the folder does not exist, the fixture ref is unknown, or the hub
-            model is not cached.
+        ModelUnavailableError: (a FileNotFoundError) the folder does not exist, the fixture
+            ref is unknown, or the hub model is not cached.
     """
     if ref.startswith("fixture:"):
         from mmmo.fixtures import resolve_ref
@@ -78,14 +80,17 @@ def resolve_local(ref: str, revision: str | None = None) -> Path:
         try:
             return Path(resolve_ref(ref)).resolve()
         except ValueError as exc:  # unknown fixture name: one "not found" error type for all
-            raise FileNotFoundError(str(exc)) from None
+            raise ModelUnavailableError(ref, str(exc), fix="use one of the refs listed") \
+                from None
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{ref}: no config.json in this folder")
+            raise ModelUnavailableError(ref, "no config.json in this folder",
+                                        fix="point it at an HF model folder")
         return path.resolve()
     if not is_hub_id(ref):
-        raise FileNotFoundError(f"{ref}: neither a local model folder nor a hub id")
+        raise ModelUnavailableError(ref, "neither a local model folder nor a hub id",
+                                    fix="check the path, or write a hub id like 'org/name'")
     import huggingface_hub
 
     try:
@@ -94,9 +99,10 @@ def resolve_local(ref: str, revision: str | None = None) -> Path:
             allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
         ))
     except Exception as exc:  # LocalEntryNotFoundError, network errors, ...
-        raise FileNotFoundError(f"{ref}@{revision or 'main'}: not in the local Hugging Face "
-                                f"cache ({type(exc).__name__}); download it first or set "
-                                "HF_HUB_OFFLINE=0") from None
+        raise ModelUnavailableError(
+            f"{ref}@{revision or 'main'}", f"not in the local Hugging Face cache "
+            f"({type(exc).__name__})", fix="download it first, or set HF_HUB_OFFLINE=0"
+        ) from None
 
 
 def model_fingerprint(ref: str, *, revision: str | None = None) -> str:
@@ -115,12 +121,14 @@ def model_fingerprint(ref: str, *, revision: str | None = None) -> str:
     The same files give the same fingerprint in any process, path or machine (no mtimes).
 
     Raises:
-        FileNotFoundError: a local ref without files, or a hub id whose commit cannot be known.
+        ModelUnavailableError: (a FileNotFoundError) a local ref without files, or a hub id
+            whose commit cannot be known.
     """
     if ref.startswith("fixture:") or Path(ref).expanduser().exists():
         return _folder_fingerprint(resolve_local(ref))
     if not is_hub_id(ref):
-        raise FileNotFoundError(f"{ref}: neither a local model folder nor a hub id")
+        raise ModelUnavailableError(ref, "neither a local model folder nor a hub id",
+                                    fix="check the path, or write a hub id like 'org/name'")
     commit = _hub_commit(ref, revision)
     return hashlib.sha256(f"hub:{ref}@{commit}".encode()).hexdigest()[:16]
 
@@ -142,8 +150,8 @@ def _hub_commit(repo: str, revision: str | None) -> str:
         info = HfApi().model_info(repo, revision=revision)
         if info.sha:
             return info.sha
-    raise FileNotFoundError(f"{repo}@{revision or 'main'}: commit unknown offline; pin "
-                            "revision to a 40-hex commit or cache the model first")
+    raise ModelUnavailableError(f"{repo}@{revision or 'main'}", "commit unknown offline",
+                                fix="pin revision to a 40-hex commit, or cache the model first")
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -186,13 +194,15 @@ def read_tensor_headers(folder: str | Path) -> dict[str, TensorHeader]:
     """Name -> dtype/shape/file of every tensor in a folder's safetensors files (no weights read).
 
     Raises:
-        FileNotFoundError: the folder holds no ``*.safetensors`` file.
+        ModelUnavailableError: (a FileNotFoundError) the folder holds no ``*.safetensors``
+            file.
     """
     folder = Path(folder)
     files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
     if not files:
-        raise FileNotFoundError(f"{folder}: no safetensors weights (only safetensors "
-                                "checkpoints can be checked and merged in memory)")
+        raise ModelUnavailableError(str(folder), "no safetensors weights (only safetensors "
+                                    "checkpoints can be checked and merged in memory)",
+                                    fix="convert the checkpoint to safetensors")
     out: dict[str, TensorHeader] = {}
     for path in files:
         with path.open("rb") as fh:

@@ -26,11 +26,12 @@ with ``-g`` stored, is ``("sparsity", "min", -5e6)``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from mmmo.errors import NoCompleteTrialError, NoFeasibleTrialError, SpecError
 from mmmo.optimization.pareto import pareto_mask
 
 PickPolicy = Literal["primary", "knee", "weighted"]
@@ -86,7 +87,8 @@ def feasible_mask(
     for c in constraints or ():
         c = as_constraint(c)
         if c.objective not in index:
-            raise ValueError(f"Constraint on unknown objective {c.objective!r}; known: {names}.")
+            raise SpecError("pick.constraints", "constrain an unknown objective",
+                            value=c.objective, fix=f"use one of {list(names)}")
         with np.errstate(invalid="ignore"):
             ok &= c.satisfied(Y[:, index[c.objective]])
     return ok
@@ -102,6 +104,8 @@ def order(
     constraints: Sequence[ConstraintLike] | None = None,
     normalize: bool = True,
     front_only: bool = False,
+    labels: Sequence[Any] | None = None,
+    signs: Sequence[float] | None = None,
 ) -> np.ndarray:
     r"""Indices of the rows meeting ``constraints``, best first under ``policy``.
 
@@ -113,17 +117,19 @@ def order(
             before weighting (True), or weight their own values (False).
 
     Raises:
-        ValueError: as :func:`pick`.
+        As :func:`pick`.
     """
     Y = np.asarray(Y, dtype=float)
-    rows = _feasible_rows(Y, policy, names=names, constraints=constraints)
+    rows = _feasible_rows(Y, policy, names=names, constraints=constraints, labels=labels,
+                          signs=signs)
     F = Y[rows]
     front = pareto_mask(F)
     index = _name_index(names, Y.shape[1])
     if policy == "primary":
         name = names[0] if primary is None else primary
         if name not in index:
-            raise ValueError(f"Unknown primary objective {name!r}; known: {list(names)}.")
+            raise SpecError("pick.primary", "is not an objective", value=name,
+                            fix=f"use one of {list(names)}")
         key = -F[:, index[name]]
     elif policy == "weighted":
         w = _weights(weights, names)
@@ -138,18 +144,21 @@ def order(
 
 
 def _feasible_rows(Y: np.ndarray, policy: str, *, names: Sequence[str],
-                   constraints: Sequence[ConstraintLike] | None) -> np.ndarray:
+                   constraints: Sequence[ConstraintLike] | None,
+                   labels: Sequence[Any] | None, signs: Sequence[float] | None) -> np.ndarray:
     if Y.ndim != 2:
         raise ValueError(f"Y must be a 2-d array (n, m), got shape {Y.shape}.")
     _name_index(names, Y.shape[1])
     if policy not in PICK_POLICIES:
-        raise ValueError(f"Unknown pick policy {policy!r}; known: {', '.join(PICK_POLICIES)}.")
+        raise SpecError("pick.policy", "is not a pick policy", value=policy,
+                        fix=f"use one of {', '.join(PICK_POLICIES)}")
     if not np.isfinite(Y).all(axis=1).any():
-        raise ValueError("No successful trial to pick from.")
+        raise NoCompleteTrialError("pick", "no trial completed: there is nothing to pick from",
+                                   fix="see why they failed (`mmmo status STUDY`)")
     rows = np.flatnonzero(feasible_mask(Y, names=names, constraints=constraints))
     if len(rows) == 0:
-        listed = ", ".join(str(as_constraint(c)) for c in constraints or ())
-        raise ValueError(f"No successful trial satisfies the constraints: {listed}.")
+        raise infeasible(Y, names=names, constraints=constraints or (), labels=labels,
+                         signs=signs)
     return rows
 
 
@@ -162,6 +171,8 @@ def pick(
     weights: Mapping[str, float] | Sequence[float] | None = None,
     constraints: Sequence[ConstraintLike] | None = None,
     normalize: bool = True,
+    labels: Sequence[Any] | None = None,
+    signs: Sequence[float] | None = None,
 ) -> int:
     r"""Index of the chosen row of ``Y`` under ``policy`` among rows meeting ``constraints``.
 
@@ -173,16 +184,79 @@ def pick(
         weights: Weights for ``"weighted"``: by name, or a sequence of ``m`` values.
         constraints: Bounds on objectives, each a :class:`Constraint` or
             ``(objective, "min" | "max", bound)``.
+        labels: What to call each row in errors (e.g. trial numbers; default the row index).
+        signs: Per objective, +1 or -1 with natural value = sign * maximised value (a
+            minimised objective is -1): errors then show natural values and bounds.
 
     Returns:
         The index of the chosen row.
 
     Raises:
-        ValueError: For an unknown policy or name, invalid weights, no successful row, or no
-            row satisfying the constraints.
+        SpecError: an unknown policy, objective name, or invalid weights (a ValueError).
+        NoCompleteTrialError: no successful row.
+        NoFeasibleTrialError: no successful row satisfies the constraints; it names the
+            nearest rows (least total violation, each relative to its objective's range).
     """
     return int(order(Y, policy, names=names, primary=primary, weights=weights,
-                     constraints=constraints, normalize=normalize)[0])
+                     constraints=constraints, normalize=normalize, labels=labels,
+                     signs=signs)[0])
+
+
+def infeasible(Y: np.ndarray, *, names: Sequence[str], constraints: Sequence[ConstraintLike],
+               labels: Sequence[Any] | None = None, signs: Sequence[float] | None = None,
+               nearest: int = 3) -> NoFeasibleTrialError:
+    r"""The error for "no successful row meets ``constraints``", naming the nearest rows.
+
+    A row's distance is the sum over constraints of its shortfall, each divided by that
+    objective's range over the successful rows (1 when they all agree).
+    """
+    Y = np.asarray(Y, dtype=float)
+    index = _name_index(names, Y.shape[1])
+    cons = [as_constraint(c) for c in constraints]
+    sign = np.ones(len(names)) if signs is None else np.asarray(signs, dtype=float)
+    ok = np.flatnonzero(np.isfinite(Y).all(axis=1))
+    F = Y[ok]
+    span = F.max(axis=0) - F.min(axis=0) if len(F) else np.ones(len(names))
+    span = np.where(span > 0, span, 1.0)
+    distance = np.zeros(len(ok))
+    missed: list[list[str]] = [[] for _ in ok]
+    for c in cons:
+        j = index[c.objective]
+        short = (c.bound - F[:, j]) if c.kind == "min" else (F[:, j] - c.bound)
+        short = np.maximum(short, 0.0)
+        distance += short / span[j]
+        for r in np.flatnonzero(short > 0):
+            missed[r].append(_natural(c, sign[j]))
+    order = np.argsort(distance, kind="stable")[:nearest]
+    label = list(labels) if labels is not None else list(range(len(Y)))
+    found = []
+    for r in order:
+        row = int(ok[r])
+        values = {names[j]: float(sign[j] * Y[row, j]) for j in range(len(names))}
+        found.append((label[row], values, missed[r]))
+    listed = ", ".join(_natural(c, sign[index[c.objective]]) for c in cons)
+    shown = "; ".join(
+        f"trial {lab} ({', '.join(f'{k}={_fmt(values[k])}' for k in _constrained(cons))}: "
+        f"misses {' and '.join(miss)})" for lab, values, miss in found)
+    return NoFeasibleTrialError(
+        "pick.constraints", f"none of the {len(ok)} complete trials meets {listed}; "
+        f"nearest: {shown}", nearest=found, constraints=[listed],
+        fix="relax pick.constraints and run the spec again (`mmmo run`): the study and its "
+            "trials are kept, nothing is evaluated again")
+
+
+def _constrained(cons: Sequence[Constraint]) -> list[str]:
+    return list(dict.fromkeys(c.objective for c in cons))
+
+
+def _natural(c: Constraint, sign: float) -> str:
+    """A constraint on a maximised value written on the natural scale."""
+    kind = c.kind if sign > 0 else {"min": "max", "max": "min"}[c.kind]
+    return f"{c.objective} {'>=' if kind == 'min' else '<='} {_fmt(sign * c.bound)}"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
 
 
 def _name_index(names: Sequence[str], m: int) -> dict[str, int]:
@@ -206,12 +280,15 @@ def _weights(weights: Mapping[str, float] | Sequence[float] | None, names: Seque
     elif isinstance(weights, Mapping):
         unknown = set(weights) - set(names)
         if unknown:
-            raise ValueError(f"Weights for unknown objectives {sorted(unknown)}; known: {names}.")
+            raise SpecError("pick.weights", f"weigh unknown objectives {sorted(unknown)}",
+                            has_value=False, fix=f"use names among {list(names)}")
         w = np.array([float(weights.get(name, 0.0)) for name in names])
     else:
         w = np.asarray(weights, dtype=float).reshape(-1)
         if w.shape[0] != m:
             raise ValueError(f"Expected {m} weights, got {w.shape[0]}.")
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"Weights must be finite, non-negative and not all zero, got {w}.")
+        raise SpecError("pick.weights", "must be finite, non-negative and not all zero",
+                        value=w.tolist(), fix="give each objective a weight >= 0, at least "
+                        "one of them > 0")
     return w

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from mmmo.errors import SpecError, StudyError
 from mmmo.merging.recipe import ModelEntry, Recipe, della_valid
 from mmmo.space import SearchSpace
 from mmmo.spec import TASK_ARITHMETIC_METHODS, parse_spec
@@ -138,7 +139,7 @@ def test_della_fixed_epsilon_shrinks_density() -> None:
     assert space.bounds[1][i] == pytest.approx(0.84)
     for x in (np.zeros(space.dim), np.ones(space.dim)):
         space.decode(x)
-    with pytest.raises(ValueError, match="della"):
+    with pytest.raises(SpecError, match=r"^sources\[0\]\.parameters: no density .*della"):
         _space("della", {"dbl": {"epsilon": 0.48, "density": (0.1, 0.45)}})
     with pytest.raises(ValueError, match="della"):
         Recipe.build(method="della", base=BASE, sources=SOURCES,
@@ -219,7 +220,7 @@ def test_fixed_recipe_and_stored_recipes() -> None:
     assert della.parameters["dbl"]["density"] == 0.5
     stored = {**equal.model_dump(mode="json"), "recipe_id": equal.recipe_id}
     assert space.recipe(stored) == equal
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(StudyError, match="does not match"):
         space.recipe({**stored, "recipe_id": "0" * 16})
     assert space.fingerprints == ["b" * 16, "1" * 16, "2" * 16, "3" * 16]
     assert space.fingerprint_of("rev") == "2" * 16 == space.fingerprint_of("org/rev")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from botorch.utils.multi_objective.hypervolume import infer_reference_point
 
+from mmmo.errors import NoCompleteTrialError, NoFeasibleTrialError, SpecError
 from mmmo.optimization import (
     Constraint,
     hypervolume,
@@ -78,7 +79,7 @@ def test_pick_knee_and_weighted():
     assert pick(Y_PICK, "weighted", names=NAMES, weights={"sparsity": 1.0}) == 5
     with pytest.raises(ValueError, match="non-negative"):
         pick(Y_PICK, "weighted", names=NAMES, weights=[-1.0, 0.0, 0.0])
-    with pytest.raises(ValueError, match="unknown objectives"):
+    with pytest.raises(SpecError, match="unknown objectives"):
         pick(Y_PICK, "weighted", names=NAMES, weights={"mmlu": 1.0})
 
 
@@ -89,19 +90,39 @@ def test_pick_with_constraints():
     assert pick(Y_PICK, "primary", names=NAMES, constraints=[sparse, gsm_floor]) == 2
     acc_cap = {"objective": "acc", "kind": "max", "bound": 0.5}
     assert pick(Y_PICK, "primary", names=NAMES, constraints=[acc_cap]) == 2
-    with pytest.raises(ValueError, match="No successful trial satisfies"):
-        pick(Y_PICK, "knee", names=NAMES, constraints=[("acc", "min", 0.99)])
-    with pytest.raises(ValueError, match="unknown objective"):
+    with pytest.raises(SpecError, match="unknown objective"):
         pick(Y_PICK, "knee", names=NAMES, constraints=[("mmlu", "min", 0.1)])
+
+
+def test_no_feasible_pick_is_a_typed_error_naming_the_nearest_trials():
+    """Distance: each shortfall over its objective's range (acc 0.3, sparsity 8); row 1 misses
+    only acc (0.44 / 0.3), rows 0 and 4 miss acc by less but sparsity too. Natural scale shown."""
+    cons = [("acc", "min", 0.99), ("sparsity", "min", -5.0)]  # acc >= 0.99, g <= 5
+    with pytest.raises(NoFeasibleTrialError) as info:
+        pick(Y_PICK, "knee", names=NAMES, constraints=cons, labels=[10, 11, 12, 13, 14, 15],
+             signs=[1, 1, -1])
+    err = info.value
+    assert err.exit_code == 3 and err.field == "pick.constraints"
+    assert [n for n, _, _ in err.nearest] == [11, 10, 14]
+    assert err.nearest[0][2] == ["acc >= 0.99"]
+    assert err.nearest[0][1]["sparsity"] == 5.0
+    line = str(err)
+    assert "\n" not in line
+    assert line.startswith("pick.constraints: none of the 5 complete trials meets acc >= 0.99, "
+                           "sparsity <= 5; nearest: trial 11 (acc=0.55, sparsity=5: misses "
+                           "acc >= 0.99); trial 10 (acc=0.6, sparsity=9: misses acc >= 0.99 and "
+                           "sparsity <= 5); trial 14 ")
+    assert line.endswith("; fix: relax pick.constraints and run the spec again (`mmmo run`): "
+                         "the study and its trials are kept, nothing is evaluated again")
 
 
 def test_pick_never_chooses_failed_rows_and_validates_input():
     Y = np.array([[NAN, 9.0], [0.1, 0.1]])
     for policy in ("primary", "knee", "weighted"):
         assert pick(Y, policy, names=["a", "b"], primary="b") == 1
-    with pytest.raises(ValueError, match="No successful trial"):
+    with pytest.raises(NoCompleteTrialError, match="no trial completed"):
         pick(np.full((2, 2), NAN), "primary", names=["a", "b"])
-    with pytest.raises(ValueError, match="Unknown pick policy"):
+    with pytest.raises(SpecError, match="pick.policy: is not a pick policy"):
         pick(Y, "best", names=["a", "b"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="names"):
         pick(Y, "primary", names=["a"])
