@@ -32,7 +32,7 @@ import os
 import time
 from typing import Any
 
-from mmmo._crash import crash_point
+from mmmo.hooks import crash_point
 from mmmo.evaluation.lm import EvaluationCancelled, _current
 
 __all__ = ["completions_lm"]
