@@ -32,8 +32,8 @@ import os
 import time
 from typing import Any
 
-from mmmo.hooks import crash_point
 from mmmo.evaluation.lm import EvaluationCancelled, _current
+from mmmo.hooks import crash_point
 
 __all__ = ["completions_lm"]
 
