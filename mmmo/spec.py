@@ -746,7 +746,6 @@ class SearchSpec(_Frozen):
         self._check_objective_names()
         self._check_pick()
         self._check_baselines()
-        self._check_compute()
         self._check_budget()
         return self
 
@@ -889,14 +888,6 @@ class SearchSpec(_Frozen):
                                    "one row per name)", field=f"{where}.name", value=label,
                                    has_value=True)
             rows.add(label)
-
-    def _check_compute(self) -> None:
-        c = self.compute
-        if c.runner_address and c.runner == "threads":
-            raise FieldProblem("is only read by the ray and dask runners",
-                               "remove runner_address, or set runner: ray or dask",
-                               field="compute.runner_address", value=c.runner_address,
-                               has_value=True)
 
     def objective_names(self) -> list[str]:
         """Objective names in vector order: the tasks, then sparsity when enabled."""

@@ -367,8 +367,8 @@ CASES = [
          lambda c: c.run(compute={"dtype": "float8"})),
     Case("batch-size-word", "compute.batch_size: is neither a number nor 'auto'",
          "'auto'", lambda c: c.run(compute={"batch_size": "big"})),
-    Case("runner-address-for-threads", "compute.runner_address: is only read by the ray and "
-         "dask runners", "remove runner_address", lambda c: c.run(
+    Case("runner-address-for-threads", "compute.runner_address: is only used with runner: "
+         "dask", "remove runner_address", lambda c: c.run(
              compute={"device": "cpu", "runner_address": "tcp://10.0.0.1:8786"})),
     Case("negative-retry-delay", "evaluation.retry_delay_seconds: must be seconds >= 0",
          "[10, 60]", lambda c: c.run(evaluation={"retry_delay_seconds": [10, -1]})),
@@ -432,6 +432,52 @@ CASES = [
          lambda c: ["pick", "demo", "--policy", "best", "--storage", c.storage]),
     Case("export-command-without-out", "--out: is missing", "destination folder",
          lambda c: ["export", "demo", "--storage", c.storage]),
+    # --- the engine: runners, schedules, fidelity, confirmation, warm start, backends
+    Case("ray-runner", "compute.runner: Ray is not supported", "use runner: dask",
+         lambda c: c.run(compute={"device": "cpu", "runner": "ray"})),
+    Case("unknown-schedule", "optimizer.schedule: is not an allowed value", "'async'",
+         lambda c: c.run(optimizer={"strategy": "random", "n_init": 2, "iterations": 0,
+                                    "schedule": "asap"})),
+    Case("fidelity-levels-not-increasing", "optimizer.fidelity.levels: must increase",
+         "from the fewest documents", lambda c: c.run(optimizer={
+             "n_init": 2, "iterations": 0, "fidelity": {"levels": [0.5, 0.25, 1.0]}})),
+    Case("fidelity-levels-end-below-the-subsample", "optimizer.fidelity.levels: fractions "
+         "must lie in (0, 1] and end with 1.0", "end with 1.0", lambda c: c.run(optimizer={
+             "n_init": 2, "iterations": 0, "fidelity": {"levels": [0.25, 0.5]}})),
+    Case("fidelity-levels-mixed", "optimizer.fidelity.levels: mixes counts and fractions",
+         "all fractions", lambda c: c.run(optimizer={
+             "n_init": 2, "iterations": 0, "fidelity": {"levels": [2, 1.0]}})),
+    Case("fidelity-counts-short-of-the-limit", "optimizer.fidelity.levels: the last level "
+         "must be the whole subsample (4 documents of dbl)", "end the levels with 4",
+         lambda c: c.run(optimizer={"n_init": 2, "iterations": 0,
+                                    "fidelity": {"levels": [1, 2]}})),
+    Case("fidelity-eta-1", "optimizer.fidelity.eta: must be > 1.0", "a value > 1.0",
+         lambda c: c.run(optimizer={"n_init": 2, "iterations": 0,
+                                    "fidelity": {"levels": [0.5, 1.0], "eta": 1}})),
+    Case("fidelity-first-level-the-whole-subsample", "optimizer.fidelity.levels: its first "
+         "level gives dbl 4 of its 4 documents", "below the whole subsample",
+         lambda c: c.run(optimizer={
+             "n_init": 2, "iterations": 0, "fidelity": {"levels": [0.9, 1.0]}})),
+    Case("confirm-limit-above-1", "confirm.limit: must be rest, a count >= 1 or a fraction",
+         "rest, 200 or 0.5", lambda c: c.run(confirm={"limit": 1.5})),
+    Case("use-confirmed-without-candidates", "pick.use_confirmed: needs confirmed candidates",
+         "confirm.top_k >= 1", lambda c: c.run(pick={"use_confirmed": True},
+                                                 confirm={"top_k": 0})),
+    Case("objective-leaves-nothing-to-confirm", "objectives.tasks[0].limit: uses all 300 "
+         "documents of dbl", "lower it (e.g. to 200)",
+         lambda c: c.run(objectives=_tasks({**DBL, "limit": 1.0}))),
+    Case("warm-start-from-no-study", "optimizer.warm_start[0]: names no study",
+         "<storage>/<study>", lambda c: c.run(optimizer={
+             "n_init": 2, "iterations": 0, "warm_start": [c.storage + "/nope"]})),
+    Case("warm-start-from-another-search", "optimizer.warm_start[0]: searched a different "
+         "merge method (ties vs dare_ties)", "the same models, method",
+         lambda c: _other_donor(c)),
+    Case("vllm-without-engine", "compute.backend: no engine can be started here",
+         "make setup-vllm", lambda c: (c.env(MMMO_VLLM_PYTHON=str(c.root / "no-python")),
+                                       c.run(compute={"device": "cpu", "backend": "vllm"}))[1]),
+    Case("vllm-settings-with-hf", "compute.vllm: is set but compute.backend is hf",
+         "set compute.backend: vllm", lambda c: c.run(compute={"device": "cpu",
+                                                                "vllm": {"num_concurrent": 2}})),
     # --- combinations: one line, for the first problem in the order they are checked
     Case("bad-method-and-malformed-storage", "merge.method: is not a method", "dare_ties",
          lambda c: c.run(merge={"method": "dare_tie"}, storage="s3://")),
@@ -446,6 +492,17 @@ CASES = [
          lambda c: (c.env(MMMO_STORE_RETRY_SECONDS="soon"),
                     c.run(compute={"device": "cuda:7"}, storage="/proc/x"))[1]),
 ]
+
+
+def _other_donor(c: Ctx) -> list[str]:
+    """A donor study of another method, made by hand (its spec and metadata only)."""
+    from mmmo.spec import parse_spec
+    from mmmo.study import StudyStore
+
+    donor = parse_spec(c._tiny(c.storage, name="donor", merge={"method": "ties"}))
+    StudyStore(c.storage, "donor").create(donor, dimension_names=[])
+    return c.run(optimizer={"n_init": 2, "iterations": 0,
+                            "warm_start": [c.storage + "/donor"]})
 
 
 def _tree(root: Path) -> dict[str, bytes]:
