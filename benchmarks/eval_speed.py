@@ -84,7 +84,7 @@ def _family(args: argparse.Namespace, workdir: Path, dtype: str) -> dict[str, An
                 "sources": [{"path": f"fixture:models/{n}"} for n in ("dbl", "rev", "srt")],
                 "tasks": tasks, "what": "fixture family (2.65M params/model)",
                 "max_model_len": args.max_model_len or 64}
-    from mmmo.merging.synthetic import FamilyPaths, build_random_family
+    from tests.support.synthetic import FamilyPaths, build_random_family
 
     started = time.perf_counter()
     if (workdir / "family" / "base" / "config.json").exists():  # e.g. merge_speed's, same flags

@@ -97,7 +97,7 @@ def _family(args: argparse.Namespace, workdir: Path, device: torch.device, dtype
     if not random_wanted:
         try:
             from mmmo.fixtures import ensure_family
-            from mmmo.merging.synthetic import copy_with_architectures, has_architectures
+            from tests.support.synthetic import copy_with_architectures, has_architectures
 
             fam = ensure_family()
             names = sorted(fam.sources)[: args.sources]
@@ -116,7 +116,7 @@ def _family(args: argparse.Namespace, workdir: Path, device: torch.device, dtype
                 raise
             print(f"# fixture family unavailable ({type(exc).__name__}: {exc}); "
                   "using a random family of the same shape")
-    from mmmo.merging.synthetic import build_random_family
+    from tests.support.synthetic import build_random_family
 
     hidden = args.hidden_size or 256
     layers = args.layers or 4

@@ -83,7 +83,7 @@ def test_bad_spec_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_non_homologous_source_exits_2_before_any_work(tmp_path: Path) -> None:
-    from mmmo.merging.synthetic import build_random_family
+    from tests.support.synthetic import build_random_family
 
     fam = build_random_family(tmp_path / "other", hidden_size=32, layers=1, n_sources=1)
     spec = _spec(tmp_path, tmp_path / "s", sources=[{"path": "fixture:models/dbl"},

@@ -3,9 +3,8 @@
 - :func:`validate_tasks`: check task references, datasets, metrics and filters up front.
 - :func:`benchmark_key` / :func:`evaluate_benchmark`: one task on one model, the unit of work
   (seeded subsample, typed failures, time limit, OOM retry).
-- :func:`evaluate_trial` / :func:`assemble_trial`: a trial's maximised objective vector and
-  standard errors.
-- :func:`evaluate_models` / :class:`ScoreTable`: models x tasks + average (held-out evaluation).
+- :func:`assemble_trial`: a trial's maximised objective vector and standard errors.
+- :mod:`~mmmo.evaluation.backend`: what serves a slot's model (in-process HF, or vLLM).
 
 Importing this package does not import lm-eval (that happens on first use).
 """
@@ -13,7 +12,6 @@ Importing this package does not import lm-eval (that happens on first use).
 from __future__ import annotations
 
 from mmmo.evaluation.benchmark import EVAL_VERSION, benchmark_key, evaluate_benchmark
-from mmmo.evaluation.heldout import AVERAGE, ScoreTable, evaluate_models
 from mmmo.evaluation.lm import clear_lm_cache, get_lm, release_lm
 from mmmo.evaluation.records import (
     BenchmarkResult,
@@ -29,16 +27,14 @@ from mmmo.evaluation.tasks import (
     task_fingerprint,
     validate_tasks,
 )
-from mmmo.evaluation.trial import assemble_trial, evaluate_trial
+from mmmo.evaluation.trial import assemble_trial
 
 __all__ = [
-    "AVERAGE",
     "EVAL_VERSION",
     "BenchmarkResult",
     "EvalFailure",
     "FailureKind",
     "Outcome",
-    "ScoreTable",
     "TaskRegistry",
     "TrialEvaluation",
     "assemble_trial",
@@ -46,8 +42,6 @@ __all__ = [
     "clear_lm_cache",
     "default_registry",
     "evaluate_benchmark",
-    "evaluate_models",
-    "evaluate_trial",
     "get_lm",
     "release_lm",
     "select_docs",

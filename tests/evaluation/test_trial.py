@@ -12,7 +12,6 @@ from mmmo.evaluation import (
     EvalFailure,
     TrialEvaluation,
     assemble_trial,
-    evaluate_trial,
 )
 from mmmo.spec import ObjectiveSpec
 
@@ -44,24 +43,3 @@ def test_assemble_is_direction_aware():
     assert again.values[:2] == trial.values[:2] and math.isnan(again.values[2])
     with pytest.raises(ValueError, match="keep objective order"):
         assemble_trial(objectives, outcomes[::-1], sparsity=None)
-
-
-def test_evaluate_trial_in_one_call(family, base_pair, registry):
-    model, tok = base_pair
-    objectives = [
-        ObjectiveSpec(task=str(family.tasks["mc"]), limit=8),
-        ObjectiveSpec(task=str(family.tasks["gen"]), metric="exact_match", limit=4),
-        ObjectiveSpec(task=str(family.tasks["ppl"]), metric="perplexity", limit=4,
-                      direction="minimize"),
-    ]
-    trial = evaluate_trial(model, tok, objectives, sparsity=4.5, batch_size=8,
-                           registry=registry)
-    assert not trial.failed, trial.failures
-    assert trial.names == ["mc", "gen", "ppl", "sparsity"]
-    mc, gen, ppl = trial.outcomes
-    assert trial.values == [mc.score, gen.score, -ppl.score, -4.5]
-    assert trial.stderrs[:3] == [mc.stderr, gen.stderr, ppl.stderr] and trial.stderrs[3] == 0.0
-    parallel = evaluate_trial(model, tok, objectives, sparsity=4.5, batch_size=8,
-                              registry=registry, max_workers=2)
-    assert not parallel.failed, parallel.failures
-    assert parallel.values == trial.values

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mmmo.merging.recipe import ModelEntry
-from mmmo.merging.synthetic import (
+from tests.support.synthetic import (
     build_random_family,
     copy_with_architectures,
     has_architectures,

@@ -1,0 +1,1 @@
+"""Test and benchmark support that is not part of the mm-mo package."""
