@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mmmo.merging.materialize import _resolve_device
+    from mmmo.merging.placement import resolve_device as _resolve_device
 
     device = _resolve_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")

@@ -8,15 +8,11 @@ message and where the log is).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import logging
 import os
 import sys
-import threading
-import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.console import RunConsole
+from flows.progress import Progress
+from flows.run_api import run_api, start_api
 from mmmo._env import cache_dir
 from mmmo.errors import (
     EXIT_BAD_INPUT,
@@ -139,18 +137,22 @@ def _checked_run(console: RunConsole, log: Path, spec: str, study: str | None,
     console.route()
     for warning in warned:
         err.print(f"[yellow]warning:[/yellow] {escape(str(warning))}", highlight=False)
-    server = _guard(lambda: _start_api(log), log=log)  # starts while the flow is imported
+    server = _guard(lambda: start_api(log), log=log)  # starts while the flow is imported
     try:
         _quiet_prefect(console)
         from flows.search import merge_search
 
-        with _api(server, log):
+        if server is not None:
+            from flows.local_server import wait_healthy
+
+            _guard(lambda: wait_healthy(server), log=log)
+        with run_api(server):
             err.print(f"study [bold]{loaded.study_name}[/bold] at {escape(loaded.storage)}: "
                       f"{loaded.optimizer.budget} trials, strategy "
                       f"{loaded.optimizer.strategy}; log: {log}", highlight=False)
 
             def search() -> dict[str, Any]:
-                with _Progress(loaded):  # stops the bar before any error is printed
+                with Progress(loaded, err):  # stops the bar before any error is printed
                     return merge_search(spec=spec, study=loaded.study_name,
                                         storage=loaded.storage, max_iterations=max_iterations)
 
@@ -162,63 +164,6 @@ def _checked_run(console: RunConsole, log: Path, spec: str, study: str | None,
     return result
 
 
-def _start_api(log: Path | None = None) -> Any:
-    """A loopback Prefect API for this run, unless one is configured (PREFECT_API_URL).
-
-    Prefect would otherwise start a temporary server of its own, which a killed run leaves
-    behind; this one runs under mm-mo's watchdog and goes with the run, SIGKILL included.
-    Returns the started server (not yet healthy) or None.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-    from prefect.settings import get_current_settings
-
-    if get_current_settings().api.url:
-        return None
-    from flows.local_server import start_local_server
-
-    return start_local_server(wait=False, log=log, kind="api")
-
-
-@contextlib.contextmanager
-def _api(server: Any, log: Path) -> Iterator[None]:
-    """Point Prefect (this process and its children) at ``server`` for the block."""
-    if server is None:
-        yield
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.local_server import wait_healthy
-
-    _guard(lambda: wait_healthy(server), log=log)
-    logging.getLogger("mmmo.cli").info("Prefect API %s answered %.1f s after its start",
-                                       server.url, time.perf_counter() - server.started)
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.url}):
-            try:
-                yield
-            finally:
-                _drain_prefect()
-    finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
-
-
-def _drain_prefect(timeout: float = 10.0) -> None:
-    """Send the logs and events Prefect still holds before its server goes away (else its
-    workers retry against a closed port at exit)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):
-            worker.drain_all(timeout=timeout)
-
-
 def _bad(field: str, problem: str, value: Any, fix: str, *, has_value: bool = True) -> None:
     raise SpecError(field, problem, value=value, fix=fix, has_value=has_value)
 
@@ -226,75 +171,6 @@ def _bad(field: str, problem: str, value: Any, fix: str, *, has_value: bool = Tr
 def _bad_max_iterations(value: int) -> None:
     raise SpecError("--max-iterations", "must be >= 0", value=value,
                     fix="give 0 or more iterations, or leave the option out")
-
-
-class _Progress:
-    """A progress bar of trials done / budget, polling the study store.
-
-    With multi-fidelity it counts documents: those scored so far (every trial, every level),
-    out of what scoring each recipe of the budget on the whole subsample would take."""
-
-    def __init__(self, spec: Any) -> None:
-        from mmmo.study import StudyStore
-
-        self.store = StudyStore(spec.storage, spec.study_name)
-        self.budget = spec.optimizer.budget
-        self.documents = _documents_budget(spec) if spec.optimizer.fidelity else None
-        self.stop = threading.Event()
-
-    def __enter__(self) -> _Progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        what = "trials" if self.documents is None else "documents"
-        self.bar = Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.description}"), console=err, transient=False)
-        self.task = self.bar.add_task("", total=self.documents or self.budget)
-        self.bar.start()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-        return self
-
-    def _count(self) -> tuple[int, str]:
-        if self.documents is None:
-            return len(self.store.list("trials")), ""
-        trials = self.store.trials()
-        done = sum(sum(t.documents.values()) for t in trials)
-        return done, f"{len(trials)}/{self.budget} trials "
-
-    def _poll(self) -> None:
-        from mmmo.engine.activity import activity
-
-        while not self.stop.wait(1.0 if self.documents is None else 3.0):
-            try:
-                n, trials = self._count()
-            except Exception:  # noqa: BLE001 - progress is best effort
-                continue
-            self.bar.update(self.task, completed=n, description=trials + activity())
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop polling; count the trials once more unless the run failed (the store may be
-        why: its error must surface now, not be replaced by this count's own)."""
-        self.stop.set()
-        self.thread.join(timeout=3)
-        try:
-            if exc[0] is None:
-                with contextlib.suppress(Exception):  # progress is best effort
-                    n, trials = self._count()
-                    self.bar.update(self.task, completed=n, description=trials)
-        finally:
-            self.bar.stop()
-
-
-def _documents_budget(spec: Any) -> int | None:
-    """Documents the budget's recipes would take on each objective's whole subsample."""
-    from mmmo.evaluation.tasks import DocRange, task_sizes
-
-    try:
-        per_recipe = sum(DocRange(stop=t.limit).count(n) for t in spec.objectives.tasks
-                         for n in task_sizes(t).values())
-    except Exception:  # noqa: BLE001 - progress is best effort
-        return None
-    return per_recipe * spec.optimizer.budget
 
 
 def _print_result(result: dict[str, Any]) -> None:

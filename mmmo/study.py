@@ -43,17 +43,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from mmmo import __version__
 from mmmo.errors import LeaseHeldError, StudyError
 from mmmo.fsfolder import FsFolder
+from mmmo.lease import Lease
 from mmmo.spec import _STUDY, SearchSpec, parse_spec
 from mmmo.storage import PROBE_S3_CONFIG, check_storage, parse_storage
+from mmmo.study_records import Proposal, ProposedTrial, TrialRecord, utcnow
 
 __all__ = ["PROBE_S3_CONFIG", "Lease", "Proposal", "StudyStore", "TrialRecord", "check_storage",
            "check_study", "search_fields_differ"]
@@ -61,127 +60,8 @@ __all__ = ["PROBE_S3_CONFIG", "Lease", "Proposal", "StudyStore", "TrialRecord", 
 
 LOG = logging.getLogger(__name__)
 
-TrialStatus = Literal["complete", "failed"]
-
 #: Spec sections that define the search itself: a resumed study must not change them.
 SEARCH_FIELDS = ("base", "sources", "merge", "objectives", "optimizer")
-
-
-def utcnow() -> str:
-    """Now, as an ISO-8601 UTC timestamp."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ProposedTrial(_Record):
-    """One unit of work of a proposal: a recipe to evaluate at a fidelity level.
-
-    ``level`` 0 is a new recipe (the lowest level, or the only one); a higher level promotes
-    the recipe of trial ``number`` (already evaluated at the level below) to that level.
-    """
-
-    number: int
-    x: list[float]
-    recipe_id: str
-    recipe: dict[str, Any]
-    level: int = 0
-
-
-class Proposal(_Record):
-    """What the engine decided to evaluate next, stored before any of it is evaluated.
-
-    ``kind`` ``new``: recipes the optimizer proposed (a batch iteration's, or one recipe of an
-    asynchronous search); ``promote``: recipes promoted to a higher fidelity level.
-    ``sequence`` orders every proposal of the study (its file name); ``iteration`` is the
-    batch iteration a proposal belongs to (in an asynchronous search, its sequence).
-    """
-
-    iteration: int
-    trials: list[ProposedTrial]
-    strategy: str
-    kind: Literal["new", "promote"] = "new"
-    sequence: int = -1
-    seconds: float = 0.0
-    created_at: str = Field(default_factory=utcnow)
-
-    def model_post_init(self, _context: Any) -> None:
-        if self.sequence < 0:  # studies from before sequences: one proposal per iteration
-            self.sequence = self.iteration
-
-
-class TrialRecord(_Record):
-    """A finished trial (complete or failed), written whole as one JSON document."""
-
-    number: int
-    iteration: int
-    recipe_id: str
-    x: list[float]
-    recipe: dict[str, Any]
-    params: dict[str, float | list[float]] = Field(default_factory=dict)
-    """The recipe's searched values, flat (``"<source>.<parameter>"``), for tables."""
-    status: TrialStatus
-    level: int = 0
-    """The fidelity level the objectives were measured at (0 without multi-fidelity)."""
-    order: int | None = None
-    """How many trial records were written before this one first was: the order trials
-    finished in (an asynchronous search tells the optimizer in this order)."""
-    documents: dict[str, int] = Field(default_factory=dict)
-    """Documents scored per task objective (all levels so far together)."""
-    history: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Per fidelity level reached (``"0"``, ``"1"``, ...): its maximised ``values``, the
-    ``iteration`` it was reached in and its ``documents``."""
-    objectives: dict[str, float | None] = Field(default_factory=dict)
-    """Natural-scale values by objective name (score, or the L1 sparsity); None if failed."""
-    values: list[float | None] = Field(default_factory=list)
-    """The maximised vector the optimizer is told (None where failed)."""
-    stderrs: list[float | None] = Field(default_factory=list)
-    sparsity_by_group: dict[str, float] = Field(default_factory=dict)
-    benchmarks: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Per objective: the benchmark result or its typed failure (JSON)."""
-    error: dict[str, Any] | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
-    """Seconds per step (``merge_s``, ``eval_<task>_s``) and, for trials run by the engine's
-    own executors, when it started and ended on its slot (``started_at``/``ended_at``, Unix)."""
-    worker: str = ""
-    slot: int | None = None
-    """The device slot it ran on (in the executor's numbering)."""
-    finished_at: str = Field(default_factory=utcnow)
-
-    @property
-    def trial_id(self) -> str:
-        """Zero-padded trial number, the record's file name."""
-        return f"{self.number:04d}"
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Who holds a study, and until when."""
-
-    holder: str
-    host: str
-    pid: int
-    acquired_at: float
-    expires_at: float
-
-    def is_stale(self, now: float | None = None) -> bool:
-        """Expired, or held by a process on this host that no longer exists."""
-        now = time.time() if now is None else now
-        if self.expires_at < now:
-            return True
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def search_fields_differ(a: SearchSpec, b: SearchSpec) -> list[str]:

@@ -1,4 +1,4 @@
-"""Task references resolved once per process, loaded task objects pooled, documents subsampled.
+"""Task references resolved once per process, loaded task objects pooled.
 
 A ``TaskSpec.task`` is one of
 
@@ -13,33 +13,26 @@ settings that change a task object (reference, ``num_fewshot``, ``gen_kwargs``),
 not reload its tasks. A pooled object is checked out by one evaluation at a time; a concurrent
 evaluation of the same task gets a second object (loaded then, then pooled too).
 
-Subsampling (:func:`select_docs`): ``limit`` documents out of ``n``, chosen by ranking every
-index ``i`` by ``sha256(f"{seed}:{i}")`` and keeping the ``k`` smallest, returned sorted. The
-choice depends only on ``(n, k, seed)``, so every trial (and every Python/numpy version) sees the
-same documents, and a larger limit keeps every document of a smaller one. A fractional limit is
-``round(fraction * n)`` (at least 1). A limit that covers every document evaluates them all.
-For a group the limit applies to each leaf task, as lm-eval's own ``limit`` does.
+Which documents are scored (seeded subsamples, slices of one ranking) is :mod:`.docs`; content
+hashes of task references are :mod:`.fingerprint` (both re-exported here). For a group a
+limit applies to each leaf task, as lm-eval's own ``limit`` does.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any
 
 from mmmo.errors import SpecError
+from mmmo.evaluation.docs import DocRange, docs_hash, select_docs
+from mmmo.evaluation.fingerprint import AnyTagLoader, ref_path, task_fingerprint
 from mmmo.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -100,216 +93,6 @@ class LoadedTask:
         return self.task_dict["tasks"]
 
 
-# ------------------------------------------------------------------------------- subsampling
-
-
-def sample_size(limit: int | float | None, n: int) -> int:
-    """Documents a ``limit`` selects out of ``n``: a count, or ``round(fraction * n)``, >= 1."""
-    if limit is None or n == 0:
-        return n
-    if isinstance(limit, float):
-        return min(n, max(1, round(limit * n)))
-    return min(n, max(0, int(limit)))
-
-
-@lru_cache(maxsize=256)
-def _ranked(n: int, seed: int) -> tuple[int, ...]:
-    keys = sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
-    return tuple(keys)
-
-
-def select_docs(n: int, limit: int | float | None, seed: int) -> list[int] | None:
-    """The fixed, seeded subsample of ``n`` documents that ``limit`` selects.
-
-    Args:
-        n: Number of documents of the task.
-        limit: A count >= 1, a fraction in ``(0, 1]``, or None for all documents.
-        seed: The task's ``sample_seed``.
-
-    Returns:
-        Sorted document indices, or None when the limit covers every document.
-    """
-    k = sample_size(limit, n)
-    if k >= n:
-        return None
-    return sorted(_ranked(n, seed)[:k])
-
-
-class DocRange(BaseModel):
-    """A slice ``[start, stop)`` of a task's seeded document ranking (see :func:`select_docs`).
-
-    ``start`` and ``stop`` are limits like ``TaskSpec.limit`` (a count, or a fraction of the
-    task's documents); ``start`` None is 0 and ``stop`` None is every document. The search's
-    subsample of a task with ``limit: k`` is ``DocRange(stop=k)``; nested fidelity levels are
-    consecutive slices of one ranking (so a lower level's documents are in every higher one),
-    and the documents no search used are ``DocRange(start=k)``.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    stop: Annotated[int, Field(ge=0)] | float | None = None
-    start: Annotated[int, Field(ge=0)] | float | None = None
-    share: float | None = Field(default=None, gt=0.0, le=1.0)
-    """Keep only this fraction of ``[start, stop)`` (its first ranks; at least one)."""
-    size: int | None = Field(default=None, ge=1)
-    """Keep at most this many documents from ``start`` on."""
-
-    def bounds(self, n: int) -> tuple[int, int]:
-        """``(first, end)`` ranks this range selects out of ``n`` documents."""
-        first = 0 if self.start is None else sample_size(self.start, n)
-        end = max(first, n if self.stop is None else sample_size(self.stop, n))
-        if self.share is not None and end > first:
-            end = first + max(1, round(self.share * (end - first)))
-        if self.size is not None:
-            end = min(end, first + self.size)
-        return first, end
-
-    def count(self, n: int) -> int:
-        """How many of ``n`` documents this range selects."""
-        first, end = self.bounds(n)
-        return end - first
-
-    def indices(self, n: int, seed: int) -> list[int] | None:
-        """The sorted document indices out of ``n`` (None when the range is every document)."""
-        first, end = self.bounds(n)
-        if first == 0 and end >= n:
-            return None
-        return sorted(_ranked(n, seed)[first:end])
-
-    def key(self) -> list[Any]:
-        """What a cache key records of the range (counts and fractions kept apart)."""
-        parts = [[type(v).__name__, v] for v in (self.start, self.stop)]
-        return parts + [self.share, self.size] if (self.share, self.size) != (None, None) \
-            else parts
-
-
-def docs_hash(indices: dict[str, list[int]] | None) -> str:
-    """A short hash of per-task document indices (``"all"`` for every document)."""
-    if indices is None:
-        return "all"
-    text = json.dumps(indices, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------ fingerprints
-
-
-class _AnyTagLoader(yaml.SafeLoader):
-    """Reads lm-eval YAML without running it: ``!function x`` becomes ``["!function", "x"]``."""
-
-
-def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    value = loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
-    return ["!" + suffix, value]
-
-
-_AnyTagLoader.add_multi_constructor("!", _tag)
-
-
-@lru_cache(maxsize=1024)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _digest(path: Path) -> str:
-    stat = path.stat()
-    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-def _data_files(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _data_files(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _data_files(item)
-
-
-def _walk_tags(value: Any) -> Iterator[str]:
-    if isinstance(value, list):
-        if len(value) == 2 and value[0] == "!function" and isinstance(value[1], str):
-            yield value[1]
-        else:
-            for item in value:
-                yield from _walk_tags(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _walk_tags(item)
-
-
-def _yaml_digests(path: Path, out: dict[str, str], seen: set[Path]) -> None:
-    """Digests of a task YAML, its includes, its ``!function`` modules and local data files."""
-    path = path.resolve()
-    if path in seen:
-        return
-    seen.add(path)
-    out[path.name] = _digest(path)
-    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506
-    if not isinstance(cfg, dict):
-        return
-    includes = cfg.get("include") or []
-    for inc in includes if isinstance(includes, list) else [includes]:
-        inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
-        if inc_path.is_file():
-            _yaml_digests(inc_path, out, seen)
-    for qual in _walk_tags(cfg):
-        module = path.parent / (qual.rsplit(".", 1)[0].replace(".", "/") + ".py")
-        if module.is_file():
-            out[f"{module.name}"] = _digest(module)
-    kwargs = cfg.get("dataset_kwargs") or {}
-    candidates = list(_data_files(kwargs.get("data_files"))) if isinstance(kwargs, dict) else []
-    if isinstance(cfg.get("dataset_path"), str):
-        candidates.append(cfg["dataset_path"])
-    for name in candidates:
-        for data in (Path(name), path.parent / name):
-            if data.is_file():
-                out[f"data:{Path(name).name}"] = _digest(data)
-                break
-
-
-def task_fingerprint(ref: str) -> str:
-    """A content hash of a task reference (what a cache key needs to notice a changed task).
-
-    A YAML (or ``fixture:``) task hashes its YAML, included YAMLs, ``!function`` modules beside
-    it and local data files it names; a built-in name hashes the name and lm-eval's version
-    (built-in task configs ship with lm-eval).
-    """
-    path = _ref_path(ref)
-    if path is None:
-        return hashlib.sha256(f"{ref}@lm_eval=={metadata.version('lm_eval')}".encode()).hexdigest()
-    digests: dict[str, str] = {}
-    _yaml_digests(path, digests, set())
-    text = json.dumps(digests, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _ref_path(ref: str) -> Path | None:
-    """The YAML file a reference names, or None for a task name."""
-    if ref.startswith("fixture:"):
-        return _fixture_path(ref)
-    if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        return Path(ref).expanduser().resolve()
-    return None
-
-
-def _fixture_path(ref: str) -> Path:
-    try:
-        from mmmo.fixtures import resolve_ref
-    except ImportError as exc:
-        raise SpecError("task", "fixture references need mmmo.fixtures.resolve_ref",
-                        value=ref, fix=f"install the fixtures package ({exc})") from None
-    try:
-        return Path(resolve_ref(ref)).expanduser().resolve()
-    except ValueError:
-        from mmmo.fixtures import ensure_family
-
-        known = sorted(r for r in ensure_family().refs() if r.endswith((".yaml", ".yml")))
-        raise SpecError("task", "is not a task of the fixture family", value=ref,
-                        fix=f"use one of {', '.join(known)}") from None
-
-
 # --------------------------------------------------------------------------------- registry
 
 
@@ -348,7 +131,7 @@ class TaskRegistry:
             return hit
 
     def _resolve(self, ref: str) -> ResolvedTask:
-        path = _ref_path(ref)
+        path = ref_path(ref)
         if path is not None:
             return self._resolve_path(ref, path)
         if self._include:
@@ -539,7 +322,7 @@ def _check_duplicate_keys(path: Path, ref: str, seen: set[Path] | None = None) -
     try:
         text = path.read_text(encoding="utf-8")
         check(text)
-        cfg = _yaml.load(text, Loader=_AnyTagLoader)  # noqa: S506 - tags are not run
+        cfg = _yaml.load(text, Loader=AnyTagLoader)  # noqa: S506 - tags are not run
     except DuplicateKeyError as exc:
         raise SpecError("task", f"task YAML {path.name}: {exc.key_path} is given twice "
                         f"(lines {exc.lines[0]} and {exc.lines[1]})", value=ref,

@@ -45,12 +45,10 @@ model with tied embeddings (what transformers' ``named_parameters`` lists).
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -58,9 +56,12 @@ import torch
 from mmmo.errors import MergeError
 from mmmo.hooks import crash_point
 from mmmo.merging.homology import check_homology
-from mmmo.merging.models import read_tensor_headers, resolve_local
+from mmmo.merging.models import resolve_local
+from mmmo.merging.placement import Placement, resolve_device, with_architectures
 from mmmo.merging.recipe import ModelEntry, Recipe, _entry
+from mmmo.merging.result import MergeResult, injected_merge_fault, l1, sparsity_group
 from mmmo.merging.rng import seeded
+from mmmo.merging.stream import Streaming
 
 __all__ = ["MergeError", "MergeResult", "Materializer", "sparsity_group"]
 
@@ -71,68 +72,7 @@ _CHUNK = 1 << 26
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-def sparsity_group(name: str) -> str:
-    """The sparsity group of a parameter: ``layers.<i>`` inside a decoder layer, else its module.
-
-    ``model.layers.3.mlp.up_proj.weight`` -> ``layers.3``; ``model.embed_tokens.weight`` ->
-    ``embed_tokens``; ``model.norm.weight`` -> ``norm``; ``lm_head.weight`` -> ``lm_head``.
-    """
-    match = _LAYER.search(name)
-    if match:
-        return f"layers.{match.group(1)}"
-    parts = name.split(".")
-    if parts[0] == "model" and len(parts) > 2:
-        parts = parts[1:]
-    return ".".join(parts[:-1]) or name
-
-
-@dataclass
-class MergeResult:
-    """What :meth:`Materializer.materialize` returns.
-
-    Attributes:
-        model: The resident torch model, now holding the recipe's weights (valid until the
-            next ``materialize`` on the same Materializer).
-        tokenizer: The base's tokenizer.
-        sparsity: ``sum |merged - base|`` over all parameters (fp32 per tensor, fp64 total).
-        sparsity_by_group: The same sum per :func:`sparsity_group` (the values add up to
-            ``sparsity``).
-        seconds: Wall time of the materialisation.
-        recipe_id: The recipe's id.
-        timings: ``plan`` / ``merge`` seconds (merge includes copies and the sparsity sums).
-    """
-
-    model: Any
-    tokenizer: Any
-    sparsity: float
-    sparsity_by_group: dict[str, float]
-    seconds: float
-    recipe_id: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def info(self) -> dict[str, Any]:
-        """The JSON-able part: ``recipe_id``, ``sparsity``, ``sparsity_by_group``, ``seconds``,
-        ``timings`` (what a trial records; the model stays in memory)."""
-        return {"recipe_id": self.recipe_id, "sparsity": self.sparsity,
-                "sparsity_by_group": dict(self.sparsity_by_group), "seconds": self.seconds,
-                "timings": dict(self.timings)}
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    device = str(device)
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-class Materializer:
+class Materializer(Placement, Streaming):
     """Resident base + sources + model skeleton; materialises recipes in memory.
 
     Args:
@@ -168,7 +108,7 @@ class Materializer:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)} (got {dtype!r})")
         self.dtype_name = dtype
         self.dtype = _DTYPES[dtype]
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self._lock = threading.Lock()
         self._current: str | None = None
         self._order_cache: dict[tuple[str, ...], list[int]] = {}
@@ -185,7 +125,7 @@ class Materializer:
         from transformers import AutoConfig, AutoTokenizer
 
         trust = self.trust_remote_code
-        self.config = _with_architectures(AutoConfig.from_pretrained(
+        self.config = with_architectures(AutoConfig.from_pretrained(
             str(base_dir), trust_remote_code=trust))
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=trust)
         self.arch_info = arch_info_for_config(self.config)
@@ -217,143 +157,6 @@ class Materializer:
                    dtype=dtype or spec.compute.dtype, **kwargs)
 
     # ------------------------------------------------------------------ setup
-
-    def _skeleton(self, max_memory: dict[Any, Any] | None) -> torch.nn.Module:
-        """The model with parameters on their devices (contents: uninitialised until filled)."""
-        from accelerate import init_empty_weights
-        from accelerate.utils import set_module_tensor_to_device
-        from transformers import AutoModelForCausalLM
-
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype,
-                                                     trust_remote_code=self.trust_remote_code)
-        self._device_map = self._plan_devices(model, max_memory)
-        tied = set(getattr(model, "_tied_weights_keys", None) or {}) if getattr(
-            self.config, "tie_word_embeddings", False) else set()
-        for name, param in list(model.named_parameters()):
-            if name in tied:
-                continue
-            dev = self._device_of(name)
-            set_module_tensor_to_device(model, name, dev,
-                                        value=torch.empty(param.shape, dtype=self.dtype,
-                                                          device=dev))
-        if tied:
-            model.tie_weights()
-        devices = set(self._device_map.values())
-        if len(devices) > 1:
-            from accelerate import dispatch_model
-
-            model = dispatch_model(model, device_map=self._device_map)
-        else:
-            model.to(self.device)
-        missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-        if missing:
-            raise MergeError(f"model skeleton left parameters unplaced: {missing[:3]}")
-        return model.eval().requires_grad_(False)
-
-    def _plan_devices(self, model: torch.nn.Module, max_memory: dict[Any, Any] | None
-                      ) -> dict[str, torch.device]:
-        """Module -> device. One device unless it is CUDA, several GPUs exist and it is full."""
-        single = {"": self.device}
-        if self.device.type != "cuda" or torch.cuda.device_count() < 2:
-            return single
-        need = sum(p.numel() for p in model.parameters()) * self.dtype.itemsize
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if need < 0.8 * free and max_memory is None:
-            return single
-        from accelerate import infer_auto_device_map
-
-        mapping = infer_auto_device_map(model, max_memory=max_memory, dtype=self.dtype,
-                                        no_split_module_classes=model._no_split_modules)
-        out = {}
-        for module, dev in mapping.items():
-            if dev in ("disk", "cpu"):
-                raise MergeError("the model does not fit the GPUs (accelerate would offload "
-                                 f"{module} to {dev}); use fewer sources or a smaller dtype")
-            out[module] = torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
-        LOG.info("multi-GPU placement: %s", out)
-        return out
-
-    def _device_of(self, name: str) -> torch.device:
-        best, dev = -1, self.device
-        for module, d in self._device_map.items():
-            if (module == "" or name == module or name.startswith(module + ".")) \
-                    and len(module) > best:
-                best, dev = len(module), d
-        return dev
-
-    def _checkpoint_layout(self, base_dir: Any) -> dict[str, tuple[int, ...]]:
-        """Parameter name -> shape without a model: the base checkpoint's tensors, less an
-        output embedding tied to a tensor the checkpoint has (mergekit's ``tied_names``)."""
-        heads = read_tensor_headers(base_dir)
-        tied: set[str] = set()
-        if getattr(self.config, "tie_word_embeddings", False):
-            for weight in self.arch_info.all_weights(self.config):
-                if weight.tied_names and any(t in heads for t in weight.tied_names):
-                    tied.add(weight.name)
-        return {name: tuple(h.shape) for name, h in heads.items() if name not in tied}
-
-    def _load_resident(self, policy: str) -> dict[str, dict[str, torch.Tensor]]:
-        """``{local path: {tensor name: tensor}}`` for base and sources, read once."""
-        from safetensors import safe_open
-
-        budget = self._device_budget(policy)
-        pin = torch.cuda.is_available() and self.device.type == "cuda"
-        out: dict[str, dict[str, torch.Tensor]] = {}
-        for model in (self.base, *self.sources):
-            folder = self._paths[model.ref]
-            tensors: dict[str, torch.Tensor] = {}
-            by_file: dict[str, list[str]] = {}
-            for name, head in read_tensor_headers(folder).items():
-                by_file.setdefault(head.file, []).append(name)
-            for file, names in sorted(by_file.items()):
-                with safe_open(str(folder / file), framework="pt", device="cpu") as fh:
-                    for name in names:
-                        # get_tensor maps the file: copy, so the tensors are really resident
-                        # (no page-cache re-reads, no surprise if the file is rewritten)
-                        tensor = fh.get_tensor(name)
-                        dev = self._device_of(name)
-                        size = tensor.numel() * self.dtype.itemsize
-                        if dev.type != "cpu" and budget.get(dev, 0) >= size:
-                            budget[dev] -= size
-                            tensor = tensor.to(dev, self.dtype)
-                        elif pin:
-                            tensor = tensor.to(self.dtype).pin_memory()
-                        else:
-                            tensor = tensor.to(self.dtype, copy=True)
-                        tensors[name] = tensor
-            out[str(folder)] = tensors
-        return out
-
-    def _device_budget(self, policy: str) -> dict[torch.device, int]:
-        """Bytes of resident tensors each math device may take."""
-        devices = set(self._device_map.values())
-        if policy == "cpu":
-            return {}
-        if policy == "device" or any(d.type not in ("cuda",) for d in devices):
-            return {d: 1 << 62 for d in devices}
-        largest = max(p.numel() for p in self._params.values()) if self._params else max(
-            math.prod(shape) for shape in self._layout.values())
-        n = len(self.sources)
-        # mergekit's per-tensor workspace for the largest tensor: the stacked deltas, their
-        # weighted/masked copies and signs (~3n tensors), a few single temporaries, the bool
-        # consensus mask, and the fp32 chunks of the sparsity sum
-        workspace = ((3 * n + 4) * self.dtype.itemsize + n + 8) * largest
-        budget = {}
-        for dev in devices:
-            free, _ = torch.cuda.mem_get_info(dev)
-            budget[dev] = max(0, int(free * 0.95) - workspace)
-        return budget
-
-    def _fill_from_base(self) -> None:
-        base = self._resident[str(self._paths[self.base.ref])]
-        with torch.no_grad():
-            for name, param in self._params.items():
-                if name not in base:
-                    raise MergeError(f"base has no tensor {name} that the model needs")
-                param.copy_(base[name], non_blocking=True)
-
-    # ------------------------------------------------------------------ merging
 
     def _check_recipe(self, recipe: Recipe) -> None:
         if recipe.base.fingerprint != self.base.fingerprint:
@@ -463,7 +266,7 @@ class Materializer:
         self._check_recipe(recipe)
         with self._lock:
             self._current = self._last = None
-            _injected_merge_fault(recipe.recipe_id)
+            injected_merge_fault(recipe.recipe_id)
             sums: dict[str, torch.Tensor] = {}
             covered: set[str] = set()
             base = self._resident[str(self._paths[self.base.ref])]
@@ -480,7 +283,7 @@ class Materializer:
                     covered.add(name)
                     ref = base[name].to(param.device, non_blocking=True)
                     group = sparsity_group(name)
-                    value = _l1(param, ref)
+                    value = l1(param, ref)
                     sums[group] = sums[group] + value if group in sums else value
                     del merged
                 for name in self._uncovered_params(covered):
@@ -522,7 +325,7 @@ class Materializer:
             for name, param in self._params.items():
                 param.copy_(tensors[name], non_blocking=True)
                 group = sparsity_group(name)
-                value = _l1(param, base[name].to(param.device, non_blocking=True))
+                value = l1(param, base[name].to(param.device, non_blocking=True))
                 sums[group] = sums[group] + value if group in sums else value
             by_group = {g: float(v) for g, v in sums.items()}
             seconds = time.perf_counter() - started
@@ -533,89 +336,6 @@ class Materializer:
                                  timings={"plan": 0.0, "merge": seconds})
             self._current, self._last = result.recipe_id, result
         return result
-
-    # ------------------------------------------------------------------ streaming
-
-    def tensor_layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """``{name: (shape, dtype)}`` of every tensor :meth:`stream` hands out (HF names)."""
-        return {name: (shape, self.dtype) for name, shape in self._layout.items()}
-
-    def stream(self, recipe: Recipe, sink: Callable[[str, torch.Tensor], None]) -> MergeResult:
-        """Merge ``recipe`` tensor by tensor into ``sink``; no resident model is touched.
-
-        Same plan, order, seed and sparsity sums as :meth:`materialize` (the tensors are
-        bit-identical to the parameters it would write): ``sink(name, tensor)`` receives every
-        name of :meth:`tensor_layout` once, each tensor in the Materializer's dtype on the math
-        device, valid only during the call (copy it out). The result's ``model`` is None.
-
-        Raises:
-            ValueError: the recipe's models or dtype are not this Materializer's.
-            MergeError: mergekit failed, or the merged weights are not finite.
-            Exception: whatever ``sink`` raises (the merge stops there).
-        """
-        started = time.perf_counter()
-        self._check_recipe(recipe)
-        with self._lock:
-            _injected_merge_fault(recipe.recipe_id)
-            sums: dict[str, torch.Tensor] = {}
-            covered: set[str] = set()
-            base = self._resident[str(self._paths[self.base.ref])]
-            tasks = self._plan(recipe)
-            plan_done = time.perf_counter()
-            with torch.no_grad():
-                for i, (name, merged) in enumerate(self._run(recipe, tasks)):
-                    if i == len(tasks) // 2:
-                        crash_point("merge:halfway")
-                    if name not in self._layout:
-                        continue  # e.g. lm_head of a tied model: not a separate parameter
-                    tensor = merged.to(self.dtype)
-                    covered.add(name)
-                    ref = base[name].to(tensor.device, non_blocking=True)
-                    _add(sums, sparsity_group(name), _l1(tensor, ref))
-                    sink(name, tensor)
-                    del merged, tensor
-                for name in self._uncovered_params(covered):
-                    tensor = base[name].to(self._device_of(name), non_blocking=True)
-                    sums.setdefault(sparsity_group(name),
-                                    torch.zeros((), dtype=torch.float64, device=tensor.device))
-                    sink(name, tensor)
-            by_group = {g: float(v) for g, v in sums.items()}
-            total = float(sum(by_group.values()))
-            if not torch.isfinite(torch.tensor(total)):
-                bad = [g for g, v in by_group.items() if not torch.isfinite(torch.tensor(v))]
-                raise MergeError(f"recipe {recipe.recipe_id}: merged weights are not finite "
-                                 f"(groups {bad[:5]}); e.g. linear with all weights 0 and "
-                                 "normalize, or an overflow in float16")
-            done = time.perf_counter()
-            return MergeResult(model=None, tokenizer=self.tokenizer, sparsity=total,
-                               sparsity_by_group=by_group, seconds=done - started,
-                               recipe_id=recipe.recipe_id,
-                               timings={"plan": plan_done - started, "merge": done - plan_done})
-
-    def stream_model(self, model: str, sink: Callable[[str, torch.Tensor], None]) -> MergeResult:
-        """Hand the base's or a source's own resident tensors to ``sink`` (as :meth:`stream`).
-
-        ``model`` is a label, ref or fingerprint; the result is :meth:`load_model`'s (its
-        ``recipe_id`` is ``model-<fingerprint>``, ``sparsity`` the distance to the base).
-        """
-        started = time.perf_counter()
-        entry = self._model_entry(model)
-        with self._lock, torch.no_grad():
-            tensors = self._resident[str(self._paths[entry.ref])]
-            base = self._resident[str(self._paths[self.base.ref])]
-            sums: dict[str, torch.Tensor] = {}
-            for name in self._layout:
-                tensor = tensors[name].to(self._device_of(name), non_blocking=True)
-                _add(sums, sparsity_group(name),
-                     _l1(tensor, base[name].to(tensor.device, non_blocking=True)))
-                sink(name, tensor)
-            by_group = {g: float(v) for g, v in sums.items()}
-            seconds = time.perf_counter() - started
-            return MergeResult(model=None, tokenizer=self.tokenizer,
-                               sparsity=float(sum(by_group.values())),
-                               sparsity_by_group=by_group, seconds=seconds,
-                               recipe_id=f"model-{entry.fingerprint}",
-                               timings={"plan": 0.0, "merge": seconds})
 
     def _model_entry(self, model: str) -> ModelEntry:
         entry = next((m for m in (self.base, *self.sources)
@@ -665,47 +385,3 @@ class Materializer:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _with_architectures(config: Any) -> Any:
-    """``config`` with ``architectures`` set (mergekit needs it; some configs omit it).
-
-    A config saved without ``architectures`` gets the causal-LM class transformers maps its
-    ``model_type`` to. mergekit-yaml itself would refuse such a folder (it reads
-    ``architectures`` of every model); the in-memory route and its exports do not need it.
-    """
-    if getattr(config, "architectures", None):
-        return config
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
-    if name is None:
-        raise MergeError(f"config of model_type {config.model_type!r} names no architectures "
-                         "and transformers maps no causal LM to it")
-    LOG.warning("config.json has no 'architectures'; using %s (mergekit-yaml needs the field "
-                "in the model folders)", name)
-    config.architectures = [name]
-    return config
-
-
-def _add(sums: dict[str, torch.Tensor], group: str, value: torch.Tensor) -> None:
-    sums[group] = sums[group] + value if group in sums else value
-
-
-def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum |a - b|``: fp32 sums over chunks of 64M elements, added in fp64 (on a's device)."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    total = torch.zeros((), dtype=torch.float64, device=a.device)
-    for i in range(0, a.numel(), _CHUNK):
-        diff = a[i:i + _CHUNK].to(torch.float32) - b[i:i + _CHUNK].to(torch.float32)
-        total += diff.abs_().sum()
-    return total
-
-
-def _injected_merge_fault(recipe_id: str) -> None:
-    """Raise the merge failure ``MMMO_FAULTS`` injects for this recipe, if any (tests only)."""
-    from mmmo.hooks import merge_fault
-
-    message = merge_fault(recipe_id)
-    if message is not None:
-        raise MergeError(message)

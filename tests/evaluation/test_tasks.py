@@ -12,7 +12,7 @@ from mmmo.evaluation import (
     task_fingerprint,
     validate_tasks,
 )
-from mmmo.evaluation.tasks import sample_size
+from mmmo.evaluation.docs import sample_size
 from mmmo.spec import ObjectiveSpec, TaskSpec
 
 

@@ -23,7 +23,7 @@ class _Frozen(BaseModel):
 
 
 def _problem(problem: str, fix: str, **kwargs: object) -> ValueError:
-    from mmmo.spec import FieldProblem
+    from mmmo.spec.base import FieldProblem
 
     return FieldProblem(problem, fix, **kwargs)  # type: ignore[arg-type]
 
