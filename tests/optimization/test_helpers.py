@@ -13,6 +13,7 @@ from mmmo.optimization import (
     hypervolume,
     hypervolume_curve,
     infer_ref_point,
+    order,
     pareto_mask,
     pick,
 )
@@ -81,6 +82,23 @@ def test_pick_knee_and_weighted():
         pick(Y_PICK, "weighted", names=NAMES, weights=[-1.0, 0.0, 0.0])
     with pytest.raises(SpecError, match="unknown objectives"):
         pick(Y_PICK, "weighted", names=NAMES, weights={"mmlu": 1.0})
+
+
+def test_raw_weighting_and_the_ranking_of_every_row():
+    # equal weights on two accuracies: their own values pick the best sum (row 0: 1.10 vs
+    # 1.06); min-max normalised, gsm's narrower span weighs more and row 1 wins (1.15 vs 1.14)
+    w = {"acc": 1.0, "gsm": 1.0}
+    Y = np.array([[0.90, 0.20, -1.0], [0.56, 0.50, -1.0], [0.50, 0.15, -1.0]])
+    assert pick(Y, "weighted", names=NAMES, weights=w, normalize=False) == 0
+    assert pick(Y, "weighted", names=NAMES, weights=w) == 1
+    ranked = order(Y_PICK, "weighted", names=NAMES, weights=w, normalize=False)
+    assert ranked.tolist() == [1, 2, 0, 4, 5]  # every successful row, best first; 3 failed
+    assert ranked[0] == pick(Y_PICK, "weighted", names=NAMES, weights=w, normalize=False)
+    front = order(Y_PICK, "weighted", names=NAMES, weights=w, normalize=False, front_only=True)
+    assert front.tolist() == [1, 2, 0, 5]  # row 4 (dominated by 0) is not a candidate
+    # ties (rows 0 and 4 share the best acc): the non-dominated row first, under every policy
+    assert order(Y_PICK, "primary", names=NAMES).tolist()[:2] == [0, 4]
+    assert order(Y_PICK[[4, 0]], "weighted", names=NAMES, weights=[1.0, 0.0, 0.0])[0] == 1
 
 
 def test_pick_with_constraints():
