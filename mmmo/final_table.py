@@ -65,8 +65,10 @@ class FinalStage:
         """The pick's constraints on maximised values."""
         return natural_constraints(self.spec)
 
-    def _ranked(self, trials: Sequence[Any], *, policy: str | None = None,
-                front_only: bool = False) -> list[Any]:
+    def rank(self, trials: Sequence[Any], *, policy: str | None = None,
+             front_only: bool = False) -> list[Any]:
+        """``trials`` that meet the pick's constraints, best first under its policy (or
+        ``policy``); with ``front_only``, the Pareto-optimal ones only."""
         Y = np.array([_floats(t.values, len(self.names)) for t in trials], dtype=float)
         name = self.store.name
         if not len(Y) or not np.isfinite(Y).all(axis=1).any():
@@ -90,7 +92,7 @@ class FinalStage:
             NoFeasibleTrialError: none satisfies the constraints (it names the nearest).
         """
         trials = self.pool()
-        chosen = self._ranked(trials, policy=policy)[0]
+        chosen = self.rank(trials, policy=policy)[0]
         return chosen, self._why(policy or self.spec.pick.policy, chosen, trials)
 
     def _why(self, rule: str, chosen: Any, trials: Sequence[Any], *,
@@ -120,8 +122,8 @@ class FinalStage:
         (``{"number", "recipe_id", "recipe", "objectives", "policy", "reason",
         "candidates": [{"number", "recipe_id", "recipe", "objectives"}, ...]}``)."""
         trials = self.pool()
-        chosen = self._ranked(trials)[0]
-        front = [t for t in self._ranked(trials, front_only=True) if t.number != chosen.number]
+        chosen = self.rank(trials)[0]
+        front = [t for t in self.rank(trials, front_only=True) if t.number != chosen.number]
         k = self.spec.confirm.top_k if self.spec.confirm.enabled else 0
         return {**_summary(chosen), "policy": self.spec.pick.policy,
                 "normalize": self.spec.pick.normalize,
@@ -151,7 +153,7 @@ class FinalStage:
             rows.append(TrialRecord.model_validate({**record.model_dump(), "values": values}))
         if not rows:
             return dict(picked)
-        chosen = self._ranked(rows)[0]
+        chosen = self.rank(rows)[0]
         others = [c for c in everyone if c["number"] != chosen.number]
         return {**_summary(by_number[chosen.number]), "policy": self.spec.pick.policy,
                 "normalize": self.spec.pick.normalize, "by": "confirmed",

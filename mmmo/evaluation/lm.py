@@ -28,6 +28,7 @@ toward ``request_seconds``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -150,32 +151,47 @@ def _remove_hooks(model: torch.nn.Module) -> None:
         handle.remove()
 
 
+class TimedRequests:
+    """Mixin of an lm-eval ``LM`` (first base): its request methods add their time to the
+    calling thread's :class:`Timing` (inside :func:`measuring`), under :meth:`request_lock`."""
+
+    def request_lock(self) -> Any:
+        """What a request holds while it runs (nothing by default)."""
+        return contextlib.nullcontext()
+
+    def _timed(self, method: str, requests: Any, **kwargs: Any) -> Any:
+        if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+            kwargs.setdefault("disable_tqdm", True)  # lm-eval passes disable= explicitly
+        with self.request_lock():
+            start = time.perf_counter()
+            try:
+                return getattr(super(), method)(requests, **kwargs)
+            finally:
+                state = _current()
+                if state is not None:
+                    state[0].request_seconds += time.perf_counter() - start
+
+    def loglikelihood(self, requests: Any, **kwargs: Any) -> Any:
+        """lm-eval's, timed."""
+        return self._timed("loglikelihood", requests, **kwargs)
+
+    def loglikelihood_rolling(self, requests: Any, **kwargs: Any) -> Any:
+        """lm-eval's, timed."""
+        return self._timed("loglikelihood_rolling", requests, **kwargs)
+
+    def generate_until(self, requests: Any, **kwargs: Any) -> Any:
+        """lm-eval's, timed."""
+        return self._timed("generate_until", requests, **kwargs)
+
+
 def _timed_hflm_class() -> type[HFLM]:
     from lm_eval.models.huggingface import HFLM
 
-    class TimedHFLM(HFLM):
-        """HFLM whose request methods add their time to the calling thread's Timing."""
+    class TimedHFLM(TimedRequests, HFLM):
+        """HFLM whose request methods are timed and run one at a time per tokenizer."""
 
-        def _timed(self, method: str, requests: Any, **kwargs: Any) -> Any:
-            if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
-                kwargs.setdefault("disable_tqdm", True)  # lm-eval passes disable= explicitly
-            with _tokenizer_lock(self.tokenizer):
-                start = time.perf_counter()
-                try:
-                    return getattr(super(), method)(requests, **kwargs)
-                finally:
-                    state = _current()
-                    if state is not None:
-                        state[0].request_seconds += time.perf_counter() - start
-
-        def loglikelihood(self, requests: Any, **kwargs: Any) -> Any:
-            return self._timed("loglikelihood", requests, **kwargs)
-
-        def loglikelihood_rolling(self, requests: Any, **kwargs: Any) -> Any:
-            return self._timed("loglikelihood_rolling", requests, **kwargs)
-
-        def generate_until(self, requests: Any, **kwargs: Any) -> Any:
-            return self._timed("generate_until", requests, **kwargs)
+        def request_lock(self) -> Any:
+            return _tokenizer_lock(self.tokenizer)
 
     return TimedHFLM
 

@@ -44,6 +44,7 @@ model with tied embeddings (what transformers' ``named_parameters`` lists).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -54,12 +55,11 @@ from typing import Any, Literal
 import torch
 
 from mmmo.errors import MergeError
-from mmmo.hooks import crash_point
 from mmmo.merging.homology import check_homology
 from mmmo.merging.models import resolve_local
 from mmmo.merging.placement import Placement, resolve_device, with_architectures
 from mmmo.merging.recipe import ModelEntry, Recipe, _entry
-from mmmo.merging.result import MergeResult, injected_merge_fault, l1, sparsity_group
+from mmmo.merging.result import MergeResult, sparsity_group
 from mmmo.merging.rng import seeded
 from mmmo.merging.stream import Streaming
 
@@ -261,50 +261,15 @@ class Materializer(Placement, Streaming):
             ValueError: the recipe's models or dtype are not this Materializer's.
             MergeError: mergekit failed, or the merged weights are not finite.
         """
-        started = time.perf_counter()
         self._need_model("materialize")
-        self._check_recipe(recipe)
-        with self._lock:
-            self._current = self._last = None
-            injected_merge_fault(recipe.recipe_id)
-            sums: dict[str, torch.Tensor] = {}
-            covered: set[str] = set()
-            base = self._resident[str(self._paths[self.base.ref])]
-            tasks = self._plan(recipe)
-            plan_done = time.perf_counter()
-            with torch.no_grad():
-                for i, (name, merged) in enumerate(self._run(recipe, tasks)):
-                    if i == len(tasks) // 2:
-                        crash_point("merge:halfway")
-                    param = self._params.get(name)
-                    if param is None:  # e.g. lm_head of a tied model: not a separate parameter
-                        continue
-                    param.copy_(merged, non_blocking=True)
-                    covered.add(name)
-                    ref = base[name].to(param.device, non_blocking=True)
-                    group = sparsity_group(name)
-                    value = l1(param, ref)
-                    sums[group] = sums[group] + value if group in sums else value
-                    del merged
-                for name in self._uncovered_params(covered):
-                    self._params[name].copy_(base[name], non_blocking=True)
-                    sums.setdefault(sparsity_group(name),
-                                    torch.zeros((), dtype=torch.float64,
-                                                device=self._params[name].device))
-            by_group = {g: float(v) for g, v in sums.items()}
-            total = float(sum(by_group.values()))
-            if not torch.isfinite(torch.tensor(total)):
-                bad = [g for g, v in by_group.items() if not torch.isfinite(torch.tensor(v))]
-                raise MergeError(f"recipe {recipe.recipe_id}: merged weights are not finite "
-                                 f"(groups {bad[:5]}); e.g. linear with all weights 0 and "
-                                 "normalize, or an overflow in float16")
-            done = time.perf_counter()
-            result = MergeResult(model=self.model, tokenizer=self.tokenizer, sparsity=total,
-                                 sparsity_by_group=by_group, seconds=done - started,
-                                 recipe_id=recipe.recipe_id,
-                                 timings={"plan": plan_done - started,
-                                          "merge": done - plan_done})
-            self._current, self._last = recipe.recipe_id, result
+        self._current = self._last = None
+        params = self._params
+
+        def into_params(name: str, tensor: torch.Tensor) -> None:
+            params[name].copy_(tensor, non_blocking=True)
+
+        result = dataclasses.replace(self.stream(recipe, into_params), model=self.model)
+        self._current, self._last = recipe.recipe_id, result
         return result
 
     def load_model(self, model: str) -> MergeResult:
@@ -314,27 +279,15 @@ class Materializer(Placement, Streaming):
         label, ref or fingerprint. ``recipe_id`` of the result is ``model-<fingerprint>``;
         ``sparsity`` is that model's distance to the base.
         """
-        started = time.perf_counter()
         self._need_model("load_model")
-        entry = self._model_entry(model)
-        with self._lock, torch.no_grad():
-            self._current = self._last = None
-            tensors = self._resident[str(self._paths[entry.ref])]
-            base = self._resident[str(self._paths[self.base.ref])]
-            sums: dict[str, torch.Tensor] = {}
-            for name, param in self._params.items():
-                param.copy_(tensors[name], non_blocking=True)
-                group = sparsity_group(name)
-                value = l1(param, base[name].to(param.device, non_blocking=True))
-                sums[group] = sums[group] + value if group in sums else value
-            by_group = {g: float(v) for g, v in sums.items()}
-            seconds = time.perf_counter() - started
-            result = MergeResult(model=self.model, tokenizer=self.tokenizer,
-                                 sparsity=float(sum(by_group.values())),
-                                 sparsity_by_group=by_group, seconds=seconds,
-                                 recipe_id=f"model-{entry.fingerprint}",
-                                 timings={"plan": 0.0, "merge": seconds})
-            self._current, self._last = result.recipe_id, result
+        self._current = self._last = None
+        params = self._params
+
+        def into_params(name: str, tensor: torch.Tensor) -> None:
+            params[name].copy_(tensor, non_blocking=True)
+
+        result = dataclasses.replace(self.stream_model(model, into_params), model=self.model)
+        self._current, self._last = result.recipe_id, result
         return result
 
     def _model_entry(self, model: str) -> ModelEntry:

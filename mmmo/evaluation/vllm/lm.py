@@ -28,11 +28,9 @@ out.
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
-from mmmo.evaluation.lm import EvaluationCancelled, _current
+from mmmo.evaluation.lm import EvaluationCancelled, TimedRequests, _current
 from mmmo.hooks import crash_point
 
 __all__ = ["completions_lm"]
@@ -47,7 +45,7 @@ def _timed_class() -> type:
         return _cls
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-    class TimedCompletions(LocalCompletionsAPI):
+    class TimedCompletions(TimedRequests, LocalCompletionsAPI):
         """lm-eval's completions model over a vLLM engine, tokenising as HFLM does."""
 
         def tok_encode(self, string: Any, left_truncate_len: int | None = None,
@@ -75,26 +73,6 @@ def _timed_class() -> type:
             return self.tokenizer.apply_chat_template(
                 chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
                 continue_final_message=not add_generation_prompt)
-
-        def _timed(self, method: str, requests: Any, **kwargs: Any) -> Any:
-            if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
-                kwargs.setdefault("disable_tqdm", True)
-            start = time.perf_counter()
-            try:
-                return getattr(super(), method)(requests, **kwargs)
-            finally:
-                state = _current()
-                if state is not None:
-                    state[0].request_seconds += time.perf_counter() - start
-
-        def loglikelihood(self, requests: Any, **kwargs: Any) -> Any:
-            return self._timed("loglikelihood", requests, **kwargs)
-
-        def loglikelihood_rolling(self, requests: Any, **kwargs: Any) -> Any:
-            return self._timed("loglikelihood_rolling", requests, **kwargs)
-
-        def generate_until(self, requests: Any, **kwargs: Any) -> Any:
-            return self._timed("generate_until", requests, **kwargs)
 
         def model_call(self, *args: Any, **kwargs: Any) -> Any:
             _before_request()
