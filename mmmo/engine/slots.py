@@ -67,7 +67,7 @@ def shared_backend(spec: SearchSpec, index: int, device: str) -> tuple[Any, thre
     key = _backend_key(spec, index, device)
     with _BACKENDS_LOCK:
         found = _BACKENDS.get(key)
-        if found is None:
+        if found is None or getattr(found[0], "closed", False):
             found = _BACKENDS[key] = (make_backend(spec, index, device), threading.RLock())
         return found
 

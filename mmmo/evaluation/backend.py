@@ -73,6 +73,7 @@ class HFBackend:
 
     def __init__(self, materializer: Any) -> None:
         self.materializer = materializer
+        self._closed = False
 
     @property
     def serving(self) -> str | None:
@@ -107,6 +108,11 @@ class HFBackend:
     def restart(self) -> None:
         """Nothing to restart in process."""
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` freed the models (a cached backend is then built again)."""
+        return self._closed
+
     def close(self) -> None:
         """Drop the resident model and tensors."""
         from mmmo.evaluation.lm import release_lm
@@ -114,6 +120,7 @@ class HFBackend:
         if self.materializer.model is not None:
             release_lm(self.materializer.model)
         self.materializer.close()
+        self._closed = True
 
 
 def backend_for(spec: Any, slot_index: int, device: str, log_dir: Any) -> EvalBackend:

@@ -93,12 +93,21 @@ def orphan_child(spec, prefect_server, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("orphan")
     spec_path = folder / "child.yaml"
-    spec_path.write_text(yaml.safe_dump(_search_spec(folder / "studies", "child", trials=8)
+    spec_path.write_text(yaml.safe_dump(_search_spec(folder / "studies", "child", trials=40)
                                         .model_dump(mode="json")))
     env = {**os.environ, "PREFECT_API_URL": prefect_server,
            "PREFECT_HOME": str(folder / "prefect"), "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(spec_path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    trials = folder / "studies" / "child" / "trials"
+
+    def pause_after_the_first_trial() -> None:  # mid-search until the test kills it
+        while child.poll() is None and not (trials.is_dir() and any(trials.iterdir())):
+            time.sleep(0.2)
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGSTOP)
+
+    threading.Thread(target=pause_after_the_first_trial, daemon=True).start()
     yield child, folder
     if child.poll() is None:
         child.kill()
@@ -272,16 +281,26 @@ def test_hung_engine_is_unhealthy(engine_backend) -> None:
     assert engine_backend.healthy()
 
 
-def _adopt(spec, backend) -> None:
-    """Make ``backend`` the one a search of ``spec`` uses for slot 0 on the CPU (no second
-    engine start; test only: the engine's per-process backend cache)."""
+@pytest.fixture
+def adopt():
+    """``adopt(spec, backend)``: make ``backend`` the one a search of ``spec`` uses for slot 0
+    on the CPU (no second engine start; test only: the engine's per-process backend cache),
+    forgotten again after the test (the module closes its backends itself)."""
     from mmmo.engine import slots
 
-    slots._BACKENDS[slots._backend_key(spec, 0, "cpu")] = (backend, threading.RLock())
+    keys = []
+
+    def adopt(spec, backend) -> None:
+        keys.append(slots._backend_key(spec, 0, "cpu"))
+        slots._BACKENDS[keys[-1]] = (backend, threading.RLock())
+
+    yield adopt
+    for key in keys:
+        slots._BACKENDS.pop(key, None)
 
 
 def test_search_with_vllm_gives_the_hf_trials_and_survives_an_engine_kill(
-        engine_backend, hf_backend, swaps, prefect_harness, tmp_path) -> None:
+        engine_backend, hf_backend, swaps, prefect_harness, adopt, tmp_path) -> None:
     """The flow with backend vllm on this module's engine; the engine SIGKILLed while the
     first benchmark's requests are in flight. The benchmark fails, the engine step finds the
     engine dead, restarts it, serves the recipe again and retries: the search completes with
@@ -294,8 +313,8 @@ def test_search_with_vllm_gives_the_hf_trials_and_survives_an_engine_kill(
     from mmmo.study import StudyStore
 
     hf_spec, spec = (_search_spec(tmp_path / b, "search", backend=b) for b in ("hf", "vllm"))
-    _adopt(hf_spec, hf_backend)
-    _adopt(spec, engine_backend)
+    adopt(hf_spec, hf_backend)
+    adopt(spec, engine_backend)
     assert run(hf_spec, finish=False)["complete"]
     hf_trials = StudyStore(hf_spec.storage, "search").trials()
 
@@ -361,7 +380,7 @@ def test_mmmo_run_sigkilled_leaves_no_engine(orphan_child, engine_backend) -> No
     child, folder = orphan_child
     store = StudyStore(str(folder / "studies"), "child")
     deadline = time.monotonic() + 900
-    while not (store.exists() and store.list("trials")):
+    while psutil.Process(child.pid).status() != psutil.STATUS_STOPPED:  # paused, mid-search
         assert child.poll() is None, f"mmmo run exited ({child.returncode}); see {folder}"
         assert time.monotonic() < deadline, "the child's engine never scored a trial"
         time.sleep(0.5)

@@ -118,6 +118,8 @@ FIDELITY = {"fidelity": {"levels": [0.25, 0.5, 1.0], "eta": 2}, "n_init": 6}
 
 KILLED = """
 import sys
+import torch
+torch.set_num_threads(int(sys.argv[2]))  # as the test's process: the same CPU sums
 from mmmo.engine import run
 from mmmo.spec import load_spec
 run(load_spec(sys.argv[1]), inline=True, finish=False)
@@ -183,7 +185,11 @@ def test_fidelity_levels_promotions_and_a_kill_mid_promotion(tmp_path: Path) -> 
     # pass cut off), then resumed: the same proposals and trials as the uninterrupted search
     point = f"write:proposals/{promoted[1].sequence:04d}.json:done >> benchmark:forward"
     killed = _spec(tmp_path / "k", "levels", optimizer=FIDELITY)
-    done = subprocess.run([sys.executable, "-c", KILLED, str(killed)], capture_output=True,
+    import torch
+
+    threads = str(torch.get_num_threads())
+    done = subprocess.run([sys.executable, "-c", KILLED, str(killed), threads],
+                          capture_output=True,
                           text=True, timeout=600, env={**os.environ, "MMMO_CRASH_AT": str(point),
                                                        "TQDM_DISABLE": "1"})
     assert done.returncode == -9, done.stderr[-2000:]

@@ -111,6 +111,8 @@ def test_a_failed_benchmark_is_recorded_and_the_search_goes_on(
         first = StudyStore(storage, "faults").proposals()[0].trials
         seen["bad"], seen["flaky"] = first[0].recipe_id, first[1].recipe_id
         rid = hooks._CURRENT.get()[0]  # the recipe the engine is evaluating
+        if kwargs["docs"].start is not None:  # the final table's confirmation: not injected
+            return real(model, tokenizer, task, **kwargs)
         attempts[rid, task.label] += 1
         if rid == seen["bad"] and task.label == "rev":
             return EvalFailure(kind="exception", task="rev",

@@ -51,6 +51,8 @@ class VLLMBackend:
         self.shm_dir = shm_dir
         self.max_batch = max_batch
         self._serving: str | None = None
+        self.closed = False
+        """Whether :meth:`close` stopped the engine (a cached backend is then built again)."""
         self._lock = threading.Lock()
         self._local = threading.local()
         self._max_len: int | None = None
@@ -153,3 +155,4 @@ class VLLMBackend:
                     LOG.warning("%s keeps the last trial's weights: %s", self.engine.name, exc)
             self.engine.stop()
             self.materializer.close()
+            self.closed = True
