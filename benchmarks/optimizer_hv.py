@@ -12,6 +12,12 @@ Seconds per ask: wall-clock and CPU time of the model-based asks (the initial de
 For DTLZ2 (6 dims, 3 objectives: the paper's shape) each run also times one ``ask(batch)`` at
 the largest budget (60 told points) without telling it.
 
+A strategy is a name, optionally with settings as JSON and/or ``@COMMIT`` to run the code of an
+earlier commit (``benchmarks/baseline_tree.py``), so that old and new code, or two settings, are
+compared side by side in one run::
+
+    --strategies mmmo mmmo@a290d2d 'mmmo{"mc_samples": 32}'
+
 Usage::
 
     TORCH_EXTENSIONS_DIR=.cache/torch_extensions nice .venv/bin/python benchmarks/optimizer_hv.py \
@@ -41,21 +47,48 @@ PROBLEMS = {
     "BraninCurrin(2,2)": ("BraninCurrin", {}),
     "DTLZ2(6,3)": ("DTLZ2", {"dim": 6, "num_objectives": 3}),
     "ZDT3(6,2) disconnected": ("ZDT3", {"dim": 6}),
+    "VehicleSafety(5,3)": ("VehicleSafety", {}),
+    "Penicillin(7,3)": ("Penicillin", {}),
+    "CarSideImpact(7,4)": ("CarSideImpact", {}),
+    "EmbeddedDTLZ2(30,5)": ("synthetic.EmbeddedDTLZ2", {}),
+    "LayeredMerge(30,5)": ("synthetic.LayeredMerge", {}),
 }
+DEFAULT_PROBLEMS = ["BraninCurrin(2,2)", "DTLZ2(6,3)", "ZDT3(6,2) disconnected"]
 STRATEGIES = ["mmmo", "qehvi", "qnehvi", "qnparego", "cmaes", "random"]
+TEXTBOOK = ["textbook-qlognehvi", "textbook-qlogehvi"]
+"""BoTorch's tutorial loops (``benchmarks/textbook.py``), from the same initial design."""
 PAPER_PROBLEM = "DTLZ2(6,3)"
+
+
+def parse_strategy(label: str) -> tuple[str, dict, str | None]:
+    r"""``'name{json settings}@commit'`` -> (name, settings, commit or None).
+
+    A setting ``"ref_point": "problem"`` stands for the problem's own reference point.
+    """
+    commit = None
+    if "@" in label and not label.rstrip().endswith("}"):
+        label, commit = label.rsplit("@", 1)
+    name, _, rest = label.partition("{")
+    settings = json.loads("{" + rest) if rest else {}
+    if name not in STRATEGIES + TEXTBOOK:
+        raise SystemExit(f"error: --strategies: unknown strategy {name!r} in {label!r}; fix: "
+                         f"use one of {', '.join(STRATEGIES + TEXTBOOK)}")
+    return name, settings, commit
 
 
 @dataclass(frozen=True, kw_only=True)
 class Job:
     problem: str
     strategy: str
+    """The label: a name, optionally with JSON settings and ``@commit`` (see parse_strategy)."""
     seed: int
     budget: int
     n_init: int
     batch: int
     threads: int
     time_final_ask: bool
+    tree: str | None = None
+    """Folder whose ``mmmo`` package to run (an earlier commit's), or None for this tree."""
 
     @property
     def key(self) -> str:
@@ -66,8 +99,13 @@ class Job:
 def make_problem(name: str):
     from botorch.test_functions import multi_objective
 
+    from benchmarks import synthetic
+
     cls_name, kwargs = PROBLEMS[name]
-    return getattr(multi_objective, cls_name)(negate=True, **kwargs)
+    module = multi_objective
+    if cls_name.startswith("synthetic."):
+        module, cls_name = synthetic, cls_name.removeprefix("synthetic.")
+    return getattr(module, cls_name)(negate=True, **kwargs)
 
 
 def run_job(job_and_prior: tuple[Job, dict | None]) -> dict:
@@ -77,11 +115,15 @@ def run_job(job_and_prior: tuple[Job, dict | None]) -> dict:
     batches again puts it where the shorter run stopped.
     """
     job, prior = job_and_prior
+    if job.tree is not None:
+        sys.path.insert(0, job.tree)  # a fresh process per job (maxtasksperchild=1)
     import torch
 
     torch.set_num_threads(job.threads)
     warnings.simplefilter("ignore")
     from mmmo.optimization import make_optimizer
+
+    name, settings, _ = parse_strategy(job.strategy)
 
     problem = make_problem(job.problem)
     lb, ub = problem.bounds.numpy()
@@ -89,9 +131,28 @@ def run_job(job_and_prior: tuple[Job, dict | None]) -> dict:
     def evaluate(X: np.ndarray) -> np.ndarray:
         return problem(torch.as_tensor(lb + X * (ub - lb), dtype=torch.double)).numpy()
 
+    if settings.get("ref_point") == "problem":
+        settings["ref_point"] = tuple(problem.ref_point.tolist())
+    textbook = name in TEXTBOOK
     opt = make_optimizer(
-        job.strategy, problem.dim, problem.num_objectives, seed=job.seed, n_init=job.n_init
+        "random" if textbook else name,
+        problem.dim,
+        problem.num_objectives,
+        seed=job.seed,
+        n_init=job.n_init,
+        **({} if textbook else settings),
     )
+    if textbook:
+        from benchmarks.textbook import candidates
+
+        def ask(n: int) -> np.ndarray:
+            if opt.n_told == 0:
+                return opt.ask(n)
+            torch.manual_seed(job.seed * 1000 + opt.n_told)
+            kind = name.removeprefix("textbook-")
+            return np.clip(candidates(kind, opt.X, opt.Y, problem.ref_point.numpy(), n), 0, 1)
+    else:
+        ask = opt.ask
     asks: list[dict] = []
     if prior is not None:
         asks = prior["asks"]
@@ -100,14 +161,14 @@ def run_job(job_and_prior: tuple[Job, dict | None]) -> dict:
     while opt.n_told < job.budget:
         n = job.n_init if opt.n_told == 0 else min(job.batch, job.budget - opt.n_told)
         wall, cpu = time.perf_counter(), time.process_time()
-        X = opt.ask(n)
+        X = ask(n)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         asks.append({"n_told": opt.n_told, "n": n, "wall_s": wall, "cpu_s": cpu})
         opt.tell(X, evaluate(X))
     final_ask = prior.get("final_ask") if prior is not None else None
     if job.problem == PAPER_PROBLEM and job.time_final_ask and opt.n_told == job.budget:
         wall, cpu = time.perf_counter(), time.process_time()
-        opt.ask(job.batch)
+        ask(job.batch)
         final_ask = {
             "n_told": opt.n_told,
             "n": job.batch,
@@ -123,22 +184,45 @@ def run_job(job_and_prior: tuple[Job, dict | None]) -> dict:
     }
 
 
-def normalised_hv(Y: np.ndarray, problem) -> float:
+def normalised_hv(Y: np.ndarray, problem, *, max_hv: float | None = None) -> float:
+    r"""HV / the problem's maximum HV (or ``max_hv`` where the problem has none)."""
     from mmmo.optimization import hypervolume
 
-    return hypervolume(Y, problem.ref_point.numpy()) / float(problem.max_hv)
+    scale = max_hv if problem._max_hv is None else problem.max_hv
+    if scale is None:
+        raise ValueError(f"{type(problem).__name__} has no max_hv: pass one")
+    return hypervolume(Y, problem.ref_point.numpy()) / float(scale)
+
+
+def best_hv(results: dict[str, dict], jobs: list, problem_name: str, problem) -> float | None:
+    r"""The largest HV any run of ``problem_name`` reached (to normalise a problem without a
+    known maximum); ``None`` when the problem has one."""
+    from mmmo.optimization import hypervolume
+
+    if problem._max_hv is not None:
+        return None
+    ref = problem.ref_point.numpy()
+    hvs = [hypervolume(np.asarray(results[j.key]["Y"], dtype=float), ref)
+           for j in jobs if j.problem == problem_name and j.key in results]
+    return max(hvs, default=0.0) or 1.0
 
 
 def summarise(results: dict[str, dict], jobs: list[Job], budgets: list[int]) -> str:
     r"""The markdown table and the goal checks."""
+    labels = list(dict.fromkeys(j.strategy for j in jobs))
+    notes: list[str] = []
     lines = []
     head = "| problem | strategy | " + " | ".join(f"nHV@{b} mean ± sd" for b in budgets)
     head += " | s/ask wall (cpu) | ask(5)@60 wall (cpu) |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     table: dict[tuple[str, str, int], list[float]] = {}
-    for problem_name in PROBLEMS:
+    for problem_name in dict.fromkeys(j.problem for j in jobs):
         problem = make_problem(problem_name)
-        for strategy in STRATEGIES:
+        scale = best_hv(results, jobs, problem_name, problem)
+        if scale is not None:
+            notes.append(f"{problem_name}: no known max HV; normalised by the best run's "
+                         f"HV {scale:.4g}")
+        for strategy in labels:
             mine = [
                 j
                 for j in jobs
@@ -150,7 +234,8 @@ def summarise(results: dict[str, dict], jobs: list[Job], budgets: list[int]) -> 
             cells = []
             for b in budgets:
                 hv = [
-                    normalised_hv(np.asarray(results[j.key]["Y"], dtype=float)[:b], problem)
+                    normalised_hv(np.asarray(results[j.key]["Y"], dtype=float)[:b], problem,
+                                  max_hv=scale)
                     for j in mine
                     if len(results[j.key]["Y"]) >= b
                 ]
@@ -177,6 +262,7 @@ def summarise(results: dict[str, dict], jobs: list[Job], budgets: list[int]) -> 
                 + f" | {wall:.2f} ({cpu:.2f}) | {final} |"
             )
     lines.append("")
+    lines += notes
     key30 = (PAPER_PROBLEM, "mmmo", 30)
     if key30 in table and (PAPER_PROBLEM, "qehvi", 30) in table:
         mm = np.mean(table[key30])
@@ -192,8 +278,10 @@ def summarise(results: dict[str, dict], jobs: list[Job], budgets: list[int]) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
-    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES,
+                        help="names, optionally with JSON settings and @COMMIT")
+    parser.add_argument("--problems", nargs="+", default=DEFAULT_PROBLEMS,
+                        choices=list(PROBLEMS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budgets", type=int, nargs="+", default=[30, 60])
     parser.add_argument(
@@ -210,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     budgets = sorted(set(args.budgets))
 
+    from benchmarks import baseline_tree
+
+    trees = {}
+    for label in args.strategies:
+        commit = parse_strategy(label)[2]
+        trees[label] = None if commit is None else str(baseline_tree.tree(commit))
     jobs = []
     for problem in args.problems:
         for strategy in args.strategies:
@@ -225,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                         batch=args.batch,
                         threads=args.threads,
                         time_final_ask=budgets[-1] >= 60 and full,
+                        tree=trees[strategy],
                     )
                 )
     results: dict[str, dict] = {}
@@ -238,8 +333,9 @@ def main(argv: list[str] | None = None) -> None:
         or (j.time_final_ask and not results[j.key].get("final_ask"))
     ]
     # Expensive strategies first, so that the pool's tail is short.
-    order = {"qnehvi": 0, "mmmo": 1, "qnparego": 2, "qehvi": 3, "cmaes": 4, "random": 5}
-    todo.sort(key=lambda j: (order[j.strategy], j.problem, j.seed))
+    order = {"textbook-qlognehvi": -2, "textbook-qlogehvi": -1, "qnehvi": 0, "mmmo": 1,
+             "qnparego": 2, "qehvi": 3, "cmaes": 4, "random": 5}
+    todo.sort(key=lambda j: (order[parse_strategy(j.strategy)[0]], j.problem, j.seed))
     print(
         f"{len(jobs)} runs ({len(jobs) - len(todo)} cached), {args.workers} workers x "
         f"{args.threads} torch threads, {os.cpu_count()} CPUs, {platform.processor() or '?'}",
@@ -248,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     ctx = mp.get_context("spawn")
     tasks = [(j, results.get(j.key)) for j in todo]
-    with ctx.Pool(args.workers) as pool:
+    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
         for i, result in enumerate(pool.imap_unordered(run_job, tasks), 1):
             results[result["key"]] = result
             args.results.parent.mkdir(parents=True, exist_ok=True)

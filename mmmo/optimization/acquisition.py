@@ -192,19 +192,25 @@ def ehvi_candidates(
         return optimize_sequential(acqf, dim=dim, q=q, opt=opt)
     chosen = torch.empty(0, dim, dtype=Y.dtype)
     busy = torch.empty(0, dim, dtype=Y.dtype) if pending is None else pending
+    # One box decomposition, updated with each believed outcome (BoTorch's incremental update:
+    # the believed outcome of a point is the same at every step, see believer_model).
+    front = partitioning(ref_point=ref_point, Y=Y)
+    if len(busy):
+        front.update(believer_model(model, busy)[1])
     for _ in range(q):
         believed = torch.cat([busy, chosen])
-        step_model, step_Y = model, Y
-        if len(believed):
-            step_model, Y_believed = believer_model(model, believed)
-            step_Y = torch.cat([Y, Y_believed])
+        step_model = believer_model(model, believed)[0] if len(believed) else model
         acqf = _EHVI[kind](
             model=step_model,
             ref_point=ref_point,
-            partitioning=partitioning(ref_point=ref_point, Y=step_Y),
+            partitioning=front,
             sampler=_sampler(opt),
         )
-        chosen = torch.cat([chosen, optimize_sequential(acqf, dim=dim, q=1, opt=opt)])
+        x = optimize_sequential(acqf, dim=dim, q=1, opt=opt)
+        chosen = torch.cat([chosen, x])
+        if len(chosen) < q:
+            with torch.no_grad():
+                front.update(model.posterior(x).mean)
     return chosen
 
 

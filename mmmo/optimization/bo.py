@@ -12,8 +12,11 @@ from torch import Tensor
 
 from mmmo.optimization.acquisition import AcqfOptimization
 from mmmo.optimization.base import Optimizer, OptimizerSettings
-from mmmo.optimization.models import TrainingData, fit_model, training_data
+from mmmo.optimization.models import SurrogateKind, TrainingData, fit_model, training_data
 from mmmo.optimization.pareto import infer_ref_point
+
+AUTO_SAAS_MIN_DIM = 20
+"""``surrogate="auto"`` fits the SAAS model from this many dimensions on, the plain GP below."""
 
 
 class BOSettings(OptimizerSettings):
@@ -37,6 +40,11 @@ class BOSettings(OptimizerSettings):
     ``infer_reference_point``: nadir - 0.1 * range); ``"initial"`` infers it once from the
     initial design's front and keeps it (the paper fixes it from the initial design); a tuple
     gives it explicitly (the least acceptable value of each objective)."""
+    surrogate: Literal["gp", "saas", "auto"] = "gp"
+    """The GPs (see ``models.py``): ``"gp"`` (Matern-5/2 ARD with BoTorch's default priors),
+    ``"saas"`` (BoTorch's MAP SAAS GP, for many dimensions of which few matter, e.g.
+    per-layer-group recipes), or ``"auto"`` (SAAS from ``AUTO_SAAS_MIN_DIM`` = 20 dimensions
+    on, the plain GP below)."""
 
     def acqf_optimization(self) -> AcqfOptimization:
         r"""The acquisition optimisation part of these settings."""
@@ -85,12 +93,21 @@ class BayesianOptimizer(Optimizer):
             return infer_ref_point(self._Y[: self._design_rows()])
         return infer_ref_point(Y)
 
+    @property
+    def surrogate_kind(self) -> SurrogateKind:
+        r"""The kind of GP this optimizer fits (``surrogate`` with ``"auto"`` resolved)."""
+        kind = self.settings.surrogate  # type: ignore[attr-defined]
+        if kind == "auto":
+            return "saas" if self.dim >= AUTO_SAAS_MIN_DIM else "gp"
+        return kind
+
     def _surrogate(self) -> Surrogate:
         r"""Fit the model to the successful told trials and set the reference point."""
         settings: BOSettings = self.settings  # type: ignore[assignment]
         data = training_data(self._X, self._Y, self._Yvar, use_noise=settings.use_noise)
         ref_point = torch.as_tensor(self._ref_point(data.Y.numpy()), dtype=torch.double)
-        return Surrogate(data=data, model=fit_model(data), ref_point=ref_point)
+        model = fit_model(data, kind=self.surrogate_kind)
+        return Surrogate(data=data, model=model, ref_point=ref_point)
 
 
 def as_tensor(X: np.ndarray) -> Tensor:

@@ -3,10 +3,10 @@ r"""``mmmo``: the paper's proposal engine (Li et al., arXiv 2407.00487).
 One ask, after the initial design:
 
 1. fit one GP per objective to the successful trials (outcomes standardised inside the model);
-2. choose ``q = max(n_candidates, n)`` candidates by sequential greedy q(Log)EHVI over the
-   observed Pareto front, aware of the pending points (Kriging believer by default, see
-   ``acquisition.ehvi_candidates``); the reference point is BoTorch's
-   ``infer_reference_point`` on the observed front, on the model's (raw) scale;
+2. choose ``q = 2 n`` candidates (``n_candidates``; the paper's 10 for batches of 5) by
+   sequential greedy q(Log)EHVI over the observed Pareto front, aware of the pending points
+   (Kriging believer by default, see ``acquisition.ehvi_candidates``); the reference point is
+   BoTorch's ``infer_reference_point`` on the observed front, on the model's (raw) scale;
 3. weak-to-strong: move each candidate by one DE/rand/1/bin step whose donors are the top-k
    evaluated recipes by the sum of task scores (``weak_to_strong.py``);
 4. Fisher filter: rank the candidates by increasing ``sum_k 1/var_k`` (most uncertain first,
@@ -55,9 +55,10 @@ class MMMOSettings(QEHVISettings):
     """Apply the weak-to-strong DE step to the acquisition's candidates."""
     fisher_filter: bool = True
     """Keep the candidates with the lowest Fisher information; without it, the first ones."""
-    n_candidates: int = Field(default=10, ge=1)
-    """Candidates chosen by the acquisition before the filter (the paper: 10 for batches of
-    5); at least ``n`` are always chosen."""
+    n_candidates: int | None = Field(default=None, ge=1)
+    """Candidates chosen by the acquisition before the filter; ``None``: twice the number
+    asked (the paper's 10 for batches of 5, and 2 for the ``ask(1)`` of an asynchronous
+    schedule). At least ``n`` are always chosen."""
     top_k: int = Field(default=5, ge=3)
     """Strong recipes (by the sum of task scores) the DE donors come from."""
     de_f: float = Field(default=0.5, ge=0.0, le=2.0)
@@ -83,7 +84,7 @@ class MMMO(QEHVI):
             surrogate.model,
             Y=surrogate.data.Y,
             ref_point=surrogate.ref_point,
-            q=max(settings.n_candidates, n),
+            q=max(settings.n_candidates or 2 * n, n),
             pending=as_tensor(pending),
             kind=settings.acquisition,
             batch=settings.batch_selection,
