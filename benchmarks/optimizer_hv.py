@@ -163,10 +163,11 @@ def run_job(job_and_prior: tuple[Job, dict | None]) -> dict:
         wall, cpu = time.perf_counter(), time.process_time()
         X = ask(n)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        asks.append({"n_told": opt.n_told, "n": n, "wall_s": wall, "cpu_s": cpu})
+        asks.append({"n_told": opt.n_told, "n": n, "wall_s": wall, "cpu_s": cpu,
+                     "load": os.getloadavg()[0]})
         opt.tell(X, evaluate(X))
     final_ask = prior.get("final_ask") if prior is not None else None
-    if job.problem == PAPER_PROBLEM and job.time_final_ask and opt.n_told == job.budget:
+    if job.time_final_ask and opt.n_told == job.budget:
         wall, cpu = time.perf_counter(), time.process_time()
         ask(job.batch)
         final_ask = {
@@ -174,6 +175,7 @@ def run_job(job_and_prior: tuple[Job, dict | None]) -> dict:
             "n": job.batch,
             "wall_s": time.perf_counter() - wall,
             "cpu_s": time.process_time() - cpu,
+            "load": os.getloadavg()[0],
         }
     return {
         "key": job.key,
@@ -213,7 +215,7 @@ def summarise(results: dict[str, dict], jobs: list[Job], budgets: list[int]) -> 
     notes: list[str] = []
     lines = []
     head = "| problem | strategy | " + " | ".join(f"nHV@{b} mean ± sd" for b in budgets)
-    head += " | s/ask wall (cpu) | ask(5)@60 wall (cpu) |"
+    head += " | s/ask wall (cpu) | ask(5)@60 wall (cpu) | load |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     table: dict[tuple[str, str, int], list[float]] = {}
     for problem_name in dict.fromkeys(j.problem for j in jobs):
@@ -248,6 +250,8 @@ def summarise(results: dict[str, dict], jobs: list[Job], budgets: list[int]) -> 
             model_asks = [a for r in runs for a in r["asks"][1:]]
             wall = np.mean([a["wall_s"] for a in model_asks]) if model_asks else float("nan")
             cpu = np.mean([a["cpu_s"] for a in model_asks]) if model_asks else float("nan")
+            loads = [a["load"] for a in model_asks if "load" in a]
+            load = f"{np.mean(loads):.1f}" if loads else "–"
             finals = [r["final_ask"] for r in runs if r.get("final_ask")]
             final = "–"
             if finals:
@@ -259,7 +263,7 @@ def summarise(results: dict[str, dict], jobs: list[Job], budgets: list[int]) -> 
             lines.append(
                 f"| {problem_name} | {strategy} | "
                 + " | ".join(cells)
-                + f" | {wall:.2f} ({cpu:.2f}) | {final} |"
+                + f" | {wall:.2f} ({cpu:.2f}) | {final} | {load} |"
             )
     lines.append("")
     lines += notes
@@ -294,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--final-ask-problems", nargs="*", default=[PAPER_PROBLEM],
+                        help="problems whose runs also time one ask(batch) at the largest "
+                        "budget (>= 60)")
     parser.add_argument("--results", type=Path, default=Path(".cache/optimizer_hv.json"))
     args = parser.parse_args(argv)
     budgets = sorted(set(args.budgets))
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
                         n_init=args.n_init,
                         batch=args.batch,
                         threads=args.threads,
-                        time_final_ask=budgets[-1] >= 60 and full,
+                        time_final_ask=budgets[-1] >= 60 and full
+                        and problem in args.final_ask_problems,
                         tree=trees[strategy],
                     )
                 )

@@ -1,114 +1,100 @@
-r"""Our ``qehvi`` strategy against BoTorch's own tutorial loop, side by side, same initial points.
+r"""Our strategies against BoTorch's own tutorial loops, side by side, same initial points.
 
-On DTLZ2(6 dims, 3 objectives), the paper's shape, and BraninCurrin(2, 2): 10 Sobol points
-(mm-mo's design, shared), then 4 batches of 5. *reference* is the loop of BoTorch's
-multi-objective tutorial written out: ``SingleTaskGP`` with ``Standardize``, qLogEHVI with the
-problem's own reference point and ``FastNondominatedPartitioning``, ``optimize_acqf``
-(sequential greedy, 10 restarts, 512 raw samples, 128 QMC samples). *ours* is
-``make_optimizer("qehvi")`` (reference point inferred from the observed front, as a real search
-must: there is no known reference point for task scores). *random* continues the Sobol design.
+3-objective problems (BoTorch's, with their reference points and maximum hypervolumes):
+``DTLZ2(6,3)`` (the paper's shape), ``VehicleSafety(5,3)`` and ``Penicillin(7,3)``; 10 Sobol
+points (mm-mo's design, shared by every row), then 4 batches of 5 (the paper's budget).
+
+Rows (``benchmarks/optimizer_hv.py`` labels, run by it):
+
+- ``textbook-qlognehvi`` / ``textbook-qlogehvi``: BoTorch's multi-objective tutorial loop
+  written out (``benchmarks/textbook.py``): ModelListGP, the problem's own reference point,
+  ``optimize_acqf`` sequential, 10 restarts, 512 raw samples, 128 QMC samples;
+- ``mmmo``, ``qehvi`` with their defaults (the reference point inferred from the observed front,
+  as a real search must: there is no known reference point for task scores);
+- ablations of ``mmmo`` that change one thing each (the reference point, the acquisition, the
+  weak-to-strong step, the Fisher filter, the restarts and raw samples, ...);
+- ``random``: the Sobol design continued.
+
 Printed: normalised hypervolume at 30 evaluations (HV / the problem's max HV), mean ± sd over
-seeds, and ours / reference.
+seeds, each row's mean / the textbook qLogNEHVI loop's mean, and the seeds on which the row
+beats it. ``--at COMMIT`` runs our rows with that commit's code (``benchmarks/baseline_tree.py``).
 
-    python benchmarks/qehvi_reference.py [--seeds 3]
-
-What it showed (2 CPU cores, 3 seeds, about 13 minutes), nHV@30 mean ± sd:
-
-    problem            reference         ours (qehvi)      random            ours / reference
-    DTLZ2(6,3)         0.0993 ± 0.0143   0.0937 ± 0.0170   0.2835 ± 0.0251   0.94
-    BraninCurrin(2,2)  0.9313 ± 0.0080   0.9225 ± 0.0131   0.2629 ± 0.2364   0.99
-
-Ours tracks BoTorch's loop (without knowing the reference point). On DTLZ2(6,3) both BO loops
-stay near their initial design's hypervolume while random keeps improving: with 10 points in 6
-dims the GPs extrapolate toward the corners of the box (the proposals sit on its faces), and
-BoTorch's own loop does the same, so that is the problem and the budget, not the wrapper.
+    python benchmarks/qehvi_reference.py [--seeds 5] [--workers 2] [--rows ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
-import torch
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from benchmarks.optimizer_hv import make_problem, normalised_hv
+from benchmarks.optimizer_hv import make_problem, normalised_hv  # noqa: E402
 
-PROBLEMS = ["DTLZ2(6,3)", "BraninCurrin(2,2)"]  # of optimizer_hv.PROBLEMS
+PROBLEMS = ["DTLZ2(6,3)", "VehicleSafety(5,3)", "Penicillin(7,3)"]
+REFERENCE = "textbook-qlognehvi"
+ROWS = [
+    REFERENCE,
+    "textbook-qlogehvi",
+    "mmmo",
+    "qehvi",
+    "random",
+]
 N_INIT, BATCH, ITERATIONS = 10, 5, 4
 
 
-def _evaluate(problem, X: torch.Tensor) -> torch.Tensor:
-    lb, ub = problem.bounds
-    return problem(lb + X * (ub - lb))
-
-
-def reference(problem, seed: int) -> float:
-    r"""BoTorch's tutorial loop (qLogEHVI, the problem's reference point)."""
-    from botorch.acquisition.multi_objective.logei import qLogExpectedHypervolumeImprovement
-    from botorch.optim import optimize_acqf
-    from botorch.sampling.normal import SobolQMCNormalSampler
-    from botorch.utils.multi_objective.box_decompositions.non_dominated import (
-        FastNondominatedPartitioning,
-    )
-
-    from mmmo.optimization.design import sobol_points
-    from mmmo.optimization.models import TrainingData, fit_model
-
-    torch.manual_seed(seed)
-    X = torch.as_tensor(sobol_points(dim=problem.dim, n=N_INIT, seed=seed))
-    Y = _evaluate(problem, X)
-    ref = problem.ref_point.double()
-    bounds = torch.stack([torch.zeros(problem.dim), torch.ones(problem.dim)]).double()
-    for _ in range(ITERATIONS):
-        model = fit_model(TrainingData(X=X, Y=Y, Yvar=None))
-        acqf = qLogExpectedHypervolumeImprovement(
-            model, ref_point=ref.tolist(), partitioning=FastNondominatedPartitioning(ref, Y),
-            sampler=SobolQMCNormalSampler(torch.Size([128])))
-        cand, _ = optimize_acqf(acqf, bounds=bounds, q=BATCH, num_restarts=10,
-                                raw_samples=512, sequential=True)
-        X, Y = torch.cat([X, cand]), torch.cat([Y, _evaluate(problem, cand)])
-    return normalised_hv(Y.numpy(), problem)
-
-
-def ours(problem, seed: int, strategy: str = "qehvi") -> float:
-    r"""mm-mo's strategy through its ask/tell interface."""
-    from mmmo.optimization import make_optimizer
-
-    opt = make_optimizer(strategy, problem.dim, problem.num_objectives, seed=seed,
-                         n_init=N_INIT)
-    while opt.n_told < N_INIT + ITERATIONS * BATCH:
-        X = opt.ask(N_INIT if opt.n_told == 0 else BATCH)
-        opt.tell(X, _evaluate(problem, torch.as_tensor(X)).numpy())
-    return normalised_hv(opt.Y, problem)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore")
-    for name in PROBLEMS:
+    parser.add_argument("--rows", nargs="+", default=ROWS, help="optimizer_hv labels")
+    parser.add_argument("--problems", nargs="+", default=PROBLEMS)
+    parser.add_argument("--at", default=None, help="commit whose code runs every row")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=ROOT / ".cache" / "qehvi_reference.json")
+    parser.add_argument("--no-run", action="store_true", help="only summarise cached runs")
+    args = parser.parse_args(argv)
+    at = f"@{args.at}" if args.at else ""
+    rows = [row + at for row in args.rows]
+    budget = N_INIT + ITERATIONS * BATCH
+    if not args.no_run:
+        from benchmarks import optimizer_hv
+
+        optimizer_hv.main([
+            "--problems", *args.problems, "--strategies", *rows, "--seeds", str(args.seeds),
+            "--budgets", str(budget), "--workers", str(args.workers), "--threads",
+            str(args.threads), "--n-init", str(N_INIT), "--batch", str(BATCH),
+            "--results", str(args.results),
+        ])
+    results = json.loads(args.results.read_text())
+    reference = REFERENCE + at
+    print(f"\nnHV@{budget} (mean ± sd over {args.seeds} seeds); / ref: the row's mean over the "
+          f"mean of {reference}; wins: seeds on which the row's nHV > the reference's")
+    print("\n| problem | row | nHV@30 | / ref | wins |")
+    print("|---|---|---|---|---|")
+    for name in args.problems:
         problem = make_problem(name)
-        rows = {"reference (BoTorch tutorial)": [], "ours (qehvi)": [], "random": []}
-        for seed in range(args.seeds):
-            rows["reference (BoTorch tutorial)"].append(reference(problem, seed))
-            rows["ours (qehvi)"].append(ours(problem, seed))
-            rows["random"].append(ours(problem, seed, "random"))
-            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in rows.items()),
-                  flush=True)
-        means = {k: statistics.mean(v) for k, v in rows.items()}
-        for k, v in rows.items():
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            print(f"  {name:18s} {k:30s} nHV@30 {means[k]:.4f} ± {sd:.4f}")
-        ratio = means["ours (qehvi)"] / means["reference (BoTorch tutorial)"]
-        print(f"  {name:18s} ours / reference = {ratio:.2f}")
+        hv: dict[str, list[float]] = {}
+        for row in rows:
+            keys = [f"{name}|{row}|{seed}|{N_INIT}|{BATCH}" for seed in range(args.seeds)]
+            if all(k in results for k in keys):
+                hv[row] = [normalised_hv(np.asarray(results[k]["Y"])[:budget], problem)
+                           for k in keys]
+        ref = hv.get(reference)
+        for row, values in hv.items():
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            ratio = wins = "–"
+            if ref is not None:
+                ratio = f"{statistics.mean(values) / statistics.mean(ref):.2f}"
+                wins = f"{sum(v > r for v, r in zip(values, ref, strict=True))}/{len(values)}"
+            print(f"| {name} | {row} | {statistics.mean(values):.4f} ± {sd:.4f} | {ratio} | "
+                  f"{wins} |")
 
 
 if __name__ == "__main__":

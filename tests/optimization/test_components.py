@@ -135,3 +135,56 @@ def test_mmmo_weak_to_strong_moves_the_candidates(monkeypatch, dtlz2, tiny):
     opt.tell(X0, dtlz2(X0))
     X = opt.ask(2)
     assert ((X != 0.5).sum(axis=1) >= 1).all()
+
+
+def test_box_decomposition_updated_per_believed_point_equals_a_fresh_one():
+    from botorch.utils.multi_objective.box_decompositions.non_dominated import (
+        FastNondominatedPartitioning,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    Y = torch.rand(12, 4, generator=g, dtype=torch.double)
+    new = torch.rand(5, 4, generator=g, dtype=torch.double) + 0.2
+    ref = torch.zeros(4, dtype=torch.double)
+    part = FastNondominatedPartitioning(ref_point=ref, Y=Y)
+    for y in new:
+        part.update(y[None])
+    fresh = FastNondominatedPartitioning(ref_point=ref, Y=torch.cat([Y, new]))
+    assert torch.allclose(part.compute_hypervolume(), fresh.compute_hypervolume())
+
+
+@pytest.mark.parametrize(("surrogate", "dim", "kind"), [("saas", 3, "saas"), ("auto", 3, "gp"),
+                                                         ("auto", 20, "saas")])
+def test_surrogate_setting_picks_the_model(surrogate, dim, kind, tiny, dtlz2):
+    from botorch.models.map_saas import AdditiveMapSaasSingleTaskGP
+
+    opt = make_optimizer("qehvi", dim, 2, seed=0, **{**tiny["qehvi"], "surrogate": surrogate})
+    assert opt.surrogate_kind == kind
+    X = opt.ask(4)
+    opt.tell(X, dtlz2(X))
+    model = opt._surrogate().model
+    assert isinstance(model, AdditiveMapSaasSingleTaskGP) == (kind == "saas")
+    if dim == 3:  # the whole ask runs with the SAAS model, pending points included
+        P = opt.ask(2)
+        assert opt.ask(2, pending=P).shape == (2, dim)
+
+
+def test_mmmo_asks_twice_n_candidates_by_default(monkeypatch, dtlz2, tiny):
+    asked = []
+
+    def fake(*args, q, **kwargs):
+        asked.append(q)
+        return torch.full((q, 3), 0.5, dtype=torch.double)
+
+    monkeypatch.setattr(mmmo_module, "ehvi_candidates", fake)
+    settings = {**tiny["mmmo"], "n_candidates": None}
+    opt = make_optimizer("mmmo", 3, 2, seed=0, **settings)
+    X0 = opt.ask(4)
+    opt.tell(X0, dtlz2(X0))
+    opt.ask(1)
+    opt.ask(3)
+    opt = make_optimizer("mmmo", 3, 2, seed=0, **{**settings, "n_candidates": 4})
+    opt.tell(X0, dtlz2(X0))
+    opt.ask(1)
+    opt.ask(5)
+    assert asked == [2, 6, 4, 5]
