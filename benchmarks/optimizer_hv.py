@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     # Expensive strategies first, so that the pool's tail is short.
     order = {"textbook-qlognehvi": -2, "textbook-qlogehvi": -1, "qnehvi": 0, "mmmo": 1,
              "qnparego": 2, "qehvi": 3, "cmaes": 4, "random": 5}
-    todo.sort(key=lambda j: (order[parse_strategy(j.strategy)[0]], j.problem, j.seed))
+    # Seed by seed (a partial run already compares every row), expensive strategies first.
+    todo.sort(key=lambda j: (j.seed, order[parse_strategy(j.strategy)[0]], j.problem))
     print(
         f"{len(jobs)} runs ({len(jobs) - len(todo)} cached), {args.workers} workers x "
         f"{args.threads} torch threads, {os.cpu_count()} CPUs, {platform.processor() or '?'}",
