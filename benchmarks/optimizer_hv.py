@@ -340,7 +340,6 @@ def main(argv: list[str] | None = None) -> None:
         or len(results[j.key]["Y"]) < j.budget
         or (j.time_final_ask and not results[j.key].get("final_ask"))
     ]
-    # Expensive strategies first, so that the pool's tail is short.
     order = {"textbook-qlognehvi": -2, "textbook-qlogehvi": -1, "qnehvi": 0, "mmmo": 1,
              "qnparego": 2, "qehvi": 3, "cmaes": 4, "random": 5}
     # Seed by seed (a partial run already compares every row), expensive strategies first.
