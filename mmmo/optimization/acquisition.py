@@ -196,7 +196,8 @@ def ehvi_candidates(
     # the believed outcome of a point is the same at every step, see believer_model).
     front = partitioning(ref_point=ref_point, Y=Y)
     if len(busy):
-        front.update(believer_model(model, busy)[1])
+        with torch.no_grad():
+            front.update(model.posterior(busy).mean)
     for _ in range(q):
         believed = torch.cat([busy, chosen])
         step_model = believer_model(model, believed)[0] if len(believed) else model

@@ -191,7 +191,7 @@ def test_settings_models_forbid_extras_and_declare_common_fields():
         assert {"n_init", "rounding", "task_objectives"} <= set(model.model_fields)
     mmmo = settings_model("mmmo")()
     assert (mmmo.acquisition, mmmo.n_candidates, mmmo.top_k) == ("qlogehvi", None, 5)
-    assert (mmmo.de_f, mmmo.de_cr, mmmo.mc_samples) == (0.5, 0.5, 128)
+    assert (mmmo.de_f, mmmo.de_cr, mmmo.mc_samples, mmmo.raw_samples) == (0.5, 0.5, 32, 64)
     assert mmmo.weak_to_strong and mmmo.fisher_filter and mmmo.use_noise
 
 
