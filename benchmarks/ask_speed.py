@@ -13,8 +13,10 @@ The told points are the same for every side: 10 Sobol points then 4 batches of 5
 *baseline* ``mmmo`` (cached under ``.cache/ask_speed/``). Each measurement runs in a fresh
 process (old code from ``git archive`` of ``--baseline``, new code from this tree), warms up with
 one untimed ask (imports, BoTorch's C++ kernel), then times each case; old and new alternate,
-``--reps`` times. Printed: median wall and CPU seconds per side, the median of the paired
-old/new ratios (the claim: both sides ran under the same load), and the 1-minute load average.
+``--reps`` times. Sides: the old code, and the new code with each of ``--variants`` (default:
+its defaults, and its defaults with torch's thread count left alone). Printed: median wall and
+CPU seconds per side, the median of the paired old/new ratios (the claim: the sides ran back to
+back under the same load), and the 1-minute load average.
 
     python benchmarks/ask_speed.py [--baseline a290d2d] [--reps 3] [--threads 2]
 """
@@ -43,6 +45,8 @@ PROBLEMS = ("DTLZ2(7,4)", "CarSideImpact(7,4)")
 CASES = ("ask(5)", "ask(1), 4 pending")
 CACHE = ROOT / ".cache" / "ask_speed"
 NOISE = 0.02  # noise sd of the noisy objectives, as a fraction of their range
+# New sides: the defaults, and the defaults with torch's threads left alone (2 on 2 cores).
+VARIANTS = ("{}", '{"threads": null}')
 
 
 # --------------------------------------------------------------------------- problems
@@ -91,12 +95,14 @@ def worker(job: dict) -> dict:
     Yvar = None if told["Yvar"] is None else np.asarray(told["Yvar"])
     dim, m = X.shape[1], Y.shape[1]
 
-    def optimizer(n_told: int):
-        opt = make_optimizer(job["strategy"], dim, m, seed=job["seed"], **job["settings"])
+    def optimizer(n_told: int, **extra):
+        settings = {**job["settings"], **extra}
+        opt = make_optimizer(job["strategy"], dim, m, seed=job["seed"], **settings)
         opt.tell(X[:n_told], Y[:n_told], None if Yvar is None else Yvar[:n_told])
         return opt
 
-    optimizer(12).ask(1)  # warm-up: imports, BoTorch's C++ kernel, first-call overheads
+    # Warm-up (imports, BoTorch's C++ kernel, first calls), cheap in every version's settings.
+    optimizer(12, num_restarts=1, raw_samples=8, mc_samples=4, maxiter=2).ask(1)
     pending = np.round(np.random.default_rng(99).random((4, dim)), 2)
     tree = Path(mmmo.__file__).resolve().parents[1]
     assert tree == Path(job["tree"]).resolve(), f"imported {tree}, not {job['tree']}"
@@ -157,7 +163,7 @@ def told_file(problem: str, seed: int, n_told: int, old: Path, sha: str, threads
     if not path.exists():
         print(f"  generating the told data of {problem} with mmmo@{sha} ...", flush=True)
         data = run_in(old, "generate", {"problem": problem, "seed": seed, "n_told": n_told,
-                                        "strategy": "mmmo", "threads": threads})
+                                        "strategy": "mmmo", "threads": 1})
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data))
     return path
@@ -169,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generate", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", default=BASELINE, help="commit of the old code")
     parser.add_argument("--strategy", default="mmmo")
-    parser.add_argument("--settings", default="{}", help="JSON settings of the new side")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        help="JSON settings of each new side ({} = the defaults)")
     parser.add_argument("--old-settings", default="{}", help="JSON settings of the old side")
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
     parser.add_argument("--n-told", type=int, default=30)
@@ -183,28 +190,28 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     old, sha = baseline_tree.tree(args.baseline), baseline_tree.label(args.baseline)
-    sides = {f"old ({sha})": (old, json.loads(args.old_settings)),
-             "new (this tree)": (ROOT, json.loads(args.settings))}
-    print(f"{args.strategy}: {args.n_told} told points, torch threads {args.threads}, "
-          f"{os.cpu_count()} CPUs; old = {sha}, settings old {args.old_settings} new "
-          f"{args.settings}", flush=True)
+    sides = {f"old ({sha})": (old, json.loads(args.old_settings))}
+    for variant in args.variants:
+        sides[f"new {variant}"] = (ROOT, json.loads(variant))
+    print(f"{args.strategy}: {args.n_told} told points, process torch threads {args.threads}, "
+          f"{os.cpu_count()} CPUs; old = {sha} {args.old_settings}; new = this tree", flush=True)
     results: dict[tuple[str, str, str], list[dict]] = {}
     for problem in args.problems:
         told = told_file(problem, args.seed, args.n_told, old, sha, args.threads)
         for rep in range(args.reps):
-            order = list(sides) if rep % 2 == 0 else list(sides)[::-1]
+            order = list(sides)[rep % len(sides):] + list(sides)[:rep % len(sides)]
             for side in order:
                 tree, settings = sides[side]
                 out = run_in(tree, "worker", {
-                    "tree": str(tree), "told": str(told), "strategy": args.strategy, "settings": settings,
-                    "seed": args.seed + rep, "n_told": args.n_told, "cases": list(CASES),
+                    "tree": str(tree), "told": str(told), "strategy": args.strategy,
+                    "settings": settings, "seed": args.seed + rep, "n_told": args.n_told, "cases": list(CASES),
                     "threads": args.threads})
                 for case, r in out["cases"].items():
                     results.setdefault((problem, case, side), []).append(r)
-                    print(f"  {problem} rep {rep} {side:16s} {case:18s} wall {r['wall_s']:6.1f} s"
+                    print(f"  {problem} rep {rep} {side:24s} {case:18s} wall {r['wall_s']:6.1f} s"
                           f"  cpu {r['cpu_s']:6.1f} s  load {r['load']:.1f}", flush=True)
     print()
-    old_side, new_side = list(sides)
+    old_side, *new_sides = list(sides)
 
     def ratio(a: list[dict], b: list[dict], key: str) -> float:
         return median(x[key] / y[key] for x, y in zip(a, b, strict=True))
@@ -212,15 +219,17 @@ def main(argv: list[str] | None = None) -> None:
     def cell(r: list[dict]) -> str:
         return f"{median(x['wall_s'] for x in r):.1f} ({median(x['cpu_s'] for x in r):.1f})"
 
-    print(f"| problem | case | {old_side} wall (cpu) | {new_side} wall (cpu) | "
-          "old/new wall | old/new cpu | load |")
+    print("| problem | case | side | wall (cpu) s | old/side wall | old/side cpu | load |")
     print("|---|---|---|---|---|---|---|")
     for problem in args.problems:
         for case in CASES:
-            a, b = results[(problem, case, old_side)], results[(problem, case, new_side)]
-            load = np.mean([x["load"] for x in a + b])
-            print(f"| {problem} | {case} | {cell(a)} | {cell(b)} | {ratio(a, b, 'wall_s'):.2f} | "
-                  f"{ratio(a, b, 'cpu_s'):.2f} | {load:.1f} |")
+            a = results[(problem, case, old_side)]
+            print(f"| {problem} | {case} | {old_side} | {cell(a)} | 1 | 1 | "
+                  f"{np.mean([x['load'] for x in a]):.1f} |")
+            for side in new_sides:
+                b = results[(problem, case, side)]
+                print(f"| {problem} | {case} | {side} | {cell(b)} | {ratio(a, b, 'wall_s'):.2f} "
+                      f"| {ratio(a, b, 'cpu_s'):.2f} | {np.mean([x['load'] for x in b]):.1f} |")
     print("\nmedians over reps; ratios: median of the paired old/new ratios (same rep, "
           "back to back); load: mean 1-minute load average during the asks (2 cores).")
 

@@ -10,10 +10,14 @@ seed, the settings, the told data (in order) and the pending points. Hence
 - ``state_dict()`` is just the told data (plain JSON), and replaying the recorded trials of a
   study into a fresh optimizer resumes it exactly.
 
-During an ``ask`` numpy's and scipy's BLAS run on one thread (``threadpoolctl``; torch's own
-threads are left alone): the L-BFGS-B of the GP fits and of the acquisition optimisation makes
-thousands of tiny BLAS calls, and OpenBLAS's thread hand-offs made them 3x slower on 2 loaded
-cores (the fit of 4 GPs at 30 points: 4.0 CPU s with 2 BLAS threads, 1.3 s with one).
+Threads: an ``ask`` runs torch on ``settings.threads`` intra-op threads (default 1) and numpy's
+and scipy's BLAS on one thread (``threadpoolctl``), and restores both afterwards. The models are
+small (tens of points): the L-BFGS-B of the GP fits and of the acquisition optimisation makes
+thousands of tiny BLAS calls, whose OpenBLAS thread hand-offs made the fit of 4 GPs at 30 points
+3x slower (4.0 CPU s with 2 BLAS threads, 1.3 s with one), and a second torch thread cost 2-4x
+more CPU for no gain on 2 shared cores (``benchmarks/ask_speed.py``). Torch's thread count is
+process-wide: trials evaluated in other threads of the process run on ``threads`` threads while
+an ``ask`` runs (``threads=None`` leaves it alone).
 
 The initial design (scrambled Sobol, ``n_init`` points) is served by the base class until enough
 points are told; afterwards a strategy's :meth:`Optimizer._propose` returns candidates, best
@@ -54,6 +58,25 @@ class OptimizerSettings(BaseModel):
     task_objectives: tuple[int, ...] | None = None
     """Indices of the objectives that are task scores (``mmmo``'s weak-to-strong ranks recipes by
     their sum, ``cmaes`` maximises their mean); ``None`` means all objectives."""
+    threads: int | None = Field(default=1, ge=1)
+    """Torch intra-op threads during an ``ask`` (restored afterwards); ``None`` keeps torch's
+    setting. One is fastest for the small models of a merge search on a shared CPU; more can
+    pay off at hundreds of points on an idle many-core machine."""
+
+
+@contextmanager
+def limited_threads(threads: int | None) -> Iterator[None]:
+    r"""Run torch on ``threads`` intra-op threads (``None``: unchanged) and numpy's and scipy's
+    BLAS on one thread; restore both afterwards."""
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=1, user_api="blas"):
+        if threads is not None and threads != before:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
 
 
 @contextmanager
@@ -219,7 +242,7 @@ class Optimizer(ABC):
             return np.empty((0, self._dim))
         rounding = self._settings.rounding
         seed = derive_seed(self._seed, self.n_told, len(pending), n)
-        with threadpool_limits(limits=1, user_api="blas"), seeded(seed) as rng:
+        with limited_threads(self._settings.threads), seeded(seed) as rng:
             n_design = self._n_design(n, n_pending=len(pending))
             design = np.empty((0, self._dim))
             if n_design:

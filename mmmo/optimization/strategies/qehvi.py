@@ -6,7 +6,6 @@ It is ``mmmo`` with ``weak_to_strong=False``, ``fisher_filter=False`` and ``n_ca
 from __future__ import annotations
 
 import numpy as np
-
 from pydantic import Field
 
 from mmmo.optimization.acquisition import BatchSelection, EHVIKind, ehvi_candidates
