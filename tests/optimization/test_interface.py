@@ -223,3 +223,30 @@ def test_rounding_none_keeps_full_precision(dtlz2):
     opt = make_optimizer("random", 2, 2, seed=0, rounding=None, n_init=3)
     X = opt.ask(3)
     assert not np.allclose(X * 100, np.rint(X * 100))
+
+
+@pytest.mark.parametrize(("threads", "inside"), [(1, 1), (None, 2)])
+def test_ask_runs_torch_on_the_threads_setting_and_restores_it(monkeypatch, threads, inside):
+    from threadpoolctl import threadpool_info
+
+    from mmmo.optimization.strategies.sobol import RandomSearch
+
+    seen = []
+    propose = RandomSearch._propose
+
+    def spy(self, n, *, pending, rng):
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        seen.append((torch.get_num_threads(), set(blas)))
+        return propose(self, n, pending=pending, rng=rng)
+
+    monkeypatch.setattr(RandomSearch, "_propose", spy)
+    opt = make_optimizer("random", DIM, 2, seed=0, n_init=2, threads=threads)
+    opt.tell(opt.ask(2), np.zeros((2, 2)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        opt.ask(1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(inside, {1})]
