@@ -14,7 +14,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-vllm demo test lint
+.PHONY: setup setup-vllm demo test test-quick lint
 
 setup:
 	@bash scripts/setup.sh
@@ -27,10 +27,15 @@ setup-vllm:
 demo: setup
 	$(VENV)/bin/mmmo demo
 
-# the vLLM backend's tests fail (instead of skipping) when its engine environment is missing
-test: setup setup-vllm
+# Everything (scripts/test.sh: the vLLM engine's environment is built while the other tests
+# run; its tests come last and fail, instead of skipping, when it is missing).
+test:
+	@bash scripts/test.sh
+
+# Day-to-day: ruff and the tests not marked slow (no vLLM engine, no cluster; ~6 minutes).
+test-quick: setup
 	$(PY) -m ruff check .
-	MMMO_REQUIRE_VLLM=1 $(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow and not vllm_env"
 
 lint: setup
 	$(PY) -m ruff check .

@@ -60,6 +60,7 @@ def finish_cli(proc: subprocess.Popen, out: Path) -> tuple[dict, dict[str, dict[
     return json.loads(found[-1].read_text()), samples
 
 
+@pytest.mark.slow
 def test_in_memory_scores_equal_lm_eval_cli(family, helpers, tmp_path):
     fixture = helpers.fixture_family()
     if fixture is not None:

@@ -33,7 +33,7 @@ _spec = importlib.util.spec_from_file_location("vllm_support",
 support = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(support)
 
-pytestmark = pytest.mark.slow  # one engine start + a restart + a child engine: minutes
+pytestmark = [pytest.mark.slow, pytest.mark.vllm_env]  # one engine start + a restart + a child engine: minutes
 
 MC_LIMIT, GEN_LIMIT = 60, 30
 

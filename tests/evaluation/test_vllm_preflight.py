@@ -84,6 +84,7 @@ def test_unreachable_or_remote_url(free_port) -> None:
     assert "is not on this machine" in _error(lambda: preflight(remote, timeout=2))
 
 
+@pytest.mark.vllm_env
 def test_environment_against_the_spec(tmp_path) -> None:
     """With the real engine environment: device, reserved arguments, shared memory."""
     from mmmo.evaluation.vllm import preflight

@@ -59,6 +59,7 @@ def _indices(out: dict[str, Any]) -> set[int]:
     return set(rows)
 
 
+@pytest.mark.slow
 def test_the_final_table_is_confirmed_on_documents_no_search_used(
         prefect_harness: None, tmp_path: Path) -> None:
     from flows.search import merge_search
@@ -126,6 +127,7 @@ run(load_spec(sys.argv[1]), inline=True, finish=False)
 """
 
 
+@pytest.mark.slow
 def test_fidelity_levels_promotions_and_a_kill_mid_promotion(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -69,6 +69,7 @@ def _loads(cluster: Any) -> dict[str, int]:
         return {addr: info["backends"] for addr, info in client.run(worker_loads).items()}
 
 
+@pytest.mark.slow
 def test_async_search_on_the_cluster_equals_threads(cluster: Any, prefect_harness: None,
                                                     tmp_path: Path) -> None:
     from flows.search import merge_search
@@ -112,6 +113,7 @@ def test_async_search_on_the_cluster_equals_threads(cluster: Any, prefect_harnes
         {t.number: t.objectives for t in trials}
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_loses_nothing(cluster: Any, tmp_path: Path) -> None:
     from distributed import Client
 

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mmmo.study import StudyStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,7 @@ async def _flow_run_state(api_url: str, flow_run_id: str) -> str:
         return run.state.name if run.state else "?"
 
 
+@pytest.mark.slow
 def test_deploy_run_through_a_worker_and_serve(prefect_server: str, tmp_path: Path,
                                                make_spec: Any) -> None:
     env = _env(prefect_server, tmp_path / "home")

@@ -43,6 +43,7 @@ def _summary(store: StudyStore) -> list[tuple[int, str, dict[str, Any]]]:
     return [(t.number, t.recipe_id, t.objectives) for t in store.trials()]
 
 
+@pytest.mark.slow
 def test_search_end_to_end_then_every_trial_is_reused(tmp_path: Path, make_spec: Any,
                                                       calls: collections.Counter[str]) -> None:
     storage = str(tmp_path / "studies")
@@ -140,6 +141,7 @@ def test_a_failed_benchmark_is_recorded_and_the_search_goes_on(
     assert result["pick"]["recipe_id"] != seen["bad"]
 
 
+@pytest.mark.slow
 def test_search_on_s3_resumes_from_a_fresh_working_directory(
         tmp_path: Path, make_spec: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import s3fs

@@ -41,6 +41,7 @@ def _results(store: StudyStore) -> list[tuple[int, str, str, dict[str, Any]]]:
     return [(t.number, t.recipe_id, t.status, t.objectives) for t in store.trials()]
 
 
+@pytest.mark.slow
 def test_rerun_is_all_cache_hits_and_artifacts_are_on_the_server(
         world: dict[str, Any], tmp_path: Path) -> None:
     started = time.time()

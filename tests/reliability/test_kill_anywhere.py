@@ -118,6 +118,7 @@ def executor(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.mark.slow
 def test_killed_at_any_point_the_search_resumes_without_loss(
         executor: str, tiny_spec: Any, write_spec: Any, tmp_path: Path,
         request: pytest.FixtureRequest) -> None:

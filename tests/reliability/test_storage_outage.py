@@ -227,6 +227,7 @@ def test_flow_survives_an_s3_outage(prefect_harness: None, s3_endpoint: str, tin
     assert seconds > OUTAGE_S  # it waited the outage out
 
 
+@pytest.mark.slow
 def test_an_outage_past_the_retries_fails_in_one_line_and_resume_loses_nothing(
         prefect_harness: None, s3_endpoint: str, tiny_spec: Any, write_spec: Any,
         tmp_path: Path, mmmo_cli: Any) -> None:
