@@ -311,9 +311,9 @@ CASES = [
          lambda c: c.run("--max-iterations", "-1")),
     Case("unknown-strategy", "optimizer.strategy: is not a known strategy", "use one of",
          lambda c: c.run(optimizer={"strategy": "bayes"})),
-    Case("setting-of-a-strategy-without-settings", "optimizer.settings.foo: is not a setting "
-         "of strategy random", "random takes no settings", lambda c: c.run(
-             optimizer={"strategy": "random", "settings": {"foo": 1}})),
+    Case("a-setting-of-another-strategy", "optimizer.settings.surrogate: is not a setting "
+         "of strategy random", "settings of random are", lambda c: c.run(
+             optimizer={"strategy": "random", "settings": {"surrogate": "saas"}})),
     Case("misspelt-strategy-setting", "optimizer.settings.acquisiton: is not a setting of "
          "strategy mmmo", "settings of mmmo are", lambda c: c.run(
              optimizer={"strategy": "mmmo", "settings": {"acquisiton": "qehvi"}})),
