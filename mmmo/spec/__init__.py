@@ -11,8 +11,10 @@ naming the field, the bad value and the fix, e.g.::
     (got -3); fix: set a positive count (e.g. 100) or a fraction (e.g. 0.25)
 
 Model references are a local folder (relative paths resolve against the spec's folder), a
-Hugging Face hub id (``org/name``), or ``fixture:models/<name>`` for the bundled offline family.
-Task references are an lm-eval task name, a task YAML path, or ``fixture:tasks/<name>.yaml``.
+Hugging Face hub id (``org/name``), or ``fixture:models/<name>`` (``fixture:layered/models/<name>``)
+for the bundled offline families.
+Task references are an lm-eval task name, a task YAML path, or ``fixture:tasks/<name>.yaml``
+(``fixture:layered/tasks/<name>.yaml``).
 """
 
 from __future__ import annotations

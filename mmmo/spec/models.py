@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from functools import cache
 from typing import Any
 
@@ -50,9 +51,10 @@ class ModelSpec(_Frozen):
                                    value=ref, has_value=True)
             return str(local)
         if ref.startswith("fixture:"):
-            if not ref.startswith("fixture:models/"):
+            if not re.match(r"^fixture:(layered/)?models/", ref):
                 raise FieldProblem("fixture models live under fixture:models/",
-                                   "write fixture:models/<name>", value=ref, has_value=True)
+                                   "write fixture:models/<name> (or fixture:layered/models/"
+                                   "<name>)", value=ref, has_value=True)
             return ref
         if not _HUB_ID.match(ref):
             raise FieldProblem("is neither an existing folder nor a hub id",

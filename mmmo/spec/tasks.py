@@ -37,9 +37,10 @@ class TaskSpec(_Frozen):
     def _check_task(cls, ref: str, info: ValidationInfo) -> str:
         ref = ref.strip()
         if ref.startswith("fixture:"):
-            if not (ref.startswith("fixture:tasks/") and ref.endswith((".yaml", ".yml"))):
+            if not re.match(r"^fixture:(layered/)?tasks/.+\.ya?ml$", ref):
                 raise FieldProblem("fixture tasks are YAML files under fixture:tasks/",
-                                   "write fixture:tasks/<name>.yaml", value=ref,
+                                   "write fixture:tasks/<name>.yaml (or fixture:layered/"
+                                   "tasks/<name>.yaml)", value=ref,
                                    has_value=True)
             return ref
         local = _is_local(ref, _base_dir(info))
