@@ -25,8 +25,8 @@ class QEHVISettings(BOSettings):
     q-EHVI, exponential in them: only for small batches or a GPU)."""
     mc_samples: int = Field(default=32, ge=1)
     """Quasi-MC samples of the posterior (the paper: 128). Each believer step scores one point
-    (q = 1), for which 32 Sobol samples lost no hypervolume in ``benchmarks/optimizer_hv.py``
-    and cut the acquisition's cost (linear in the samples) by 4."""
+    (q = 1); 32 Sobol samples cut the acquisition's cost 2-2.6x, with hypervolumes within the
+    seed-to-seed noise of 128 in ``benchmarks/optimizer_hv.py`` (docs/results.md)."""
     raw_samples: int = Field(default=64, ge=1)
     """Quasi-random points scored to choose the L-BFGS-B starts (the paper: 512)."""
 
