@@ -32,24 +32,7 @@ _spec = importlib.util.spec_from_file_location("layered_report", ROOT / "benchma
 report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)
 
-
-def bootstrap_ci(diffs: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean of ``diffs`` resampled with replacement."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    d = np.asarray(diffs)
-    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def wilcoxon_p(diffs: list[float]) -> float:
-    """Two-sided Wilcoxon signed-rank p-value (exact for small samples); 1.0 if all zero."""
-    from scipy.stats import wilcoxon
-
-    if all(abs(d) < 1e-12 for d in diffs):
-        return 1.0
-    return float(wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
+from benchmarks.stats import bootstrap_ci, wilcoxon_p  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

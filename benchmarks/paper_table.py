@@ -37,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.stats import bootstrap_ci, wilcoxon_p  # noqa: E402
+
 UNTUNED = ("linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs")
 #: (row name, strategy, settings, sparsity objective on?)
 SEARCHES: tuple[tuple[str, str, dict[str, Any], bool], ...] = (
@@ -160,23 +162,6 @@ def _fixed_rows(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
     return rows
 
 
-def _bootstrap(diffs: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    arr = np.asarray(diffs)
-    means = arr[rng.integers(0, len(arr), (n, len(arr)))].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def _wilcoxon(diffs: list[float]) -> float:
-    from scipy.stats import wilcoxon
-
-    if all(d == 0 for d in diffs):
-        return 1.0
-    return float(wilcoxon(diffs, zero_method="zsplit", alternative="two-sided").pvalue)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run (or resume) the comparison and print the tables and the paired tests."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -269,8 +254,8 @@ def _paired(results: list[dict[str, Any]], fixed: dict[str, Any], names: list[st
         if len(seeds) < 2:
             continue
         diffs = [100 * (mm[s] - theirs[s]) for s in seeds]
-        lo, hi = _bootstrap(diffs)
-        p = _wilcoxon(diffs)
+        lo, hi = bootstrap_ci(diffs)
+        p = wilcoxon_p(diffs)
         verdict = ("mmmo better" if lo > 0 else "mmmo worse" if hi < 0 else
                    "not significant")
         print(f"| {other} | {statistics.fmean(diffs):+.1f} | [{lo:+.1f}, {hi:+.1f}] | "
