@@ -10,6 +10,7 @@ engine, or on a fresh worker) serves the recipe again.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from mmmo.spec import SearchSpec
 
 __all__ = ["LOADS", "Session", "Slot", "close_session", "drop_backends", "find_session",
            "make_backend", "open_session", "session", "shared_backend", "slot_devices"]
+
+LOG = logging.getLogger("mmmo.engine")
 
 LOADS = {"backends": 0}
 """How many slot backends this process built (each loads base and sources once)."""
@@ -153,12 +156,19 @@ class Slot:
         with self.lock:
             self._info = None
 
-    def restart(self) -> None:
-        """Restart a backend that stopped answering; nothing is served afterwards."""
+    def recover(self) -> bool:
+        """Restart the backend if it stopped answering (nothing is served afterwards); whether
+        it did. Checked under the slot's lock: benchmarks failing together on one dead engine
+        restart it once, the later ones find the fresh engine healthy."""
         with self.lock:
+            backend = self.backend
+            if backend.healthy():
+                return False
+            LOG.warning("slot %d: the %s backend stopped answering; restarting it", self.index,
+                        backend.name)
             self._info = None
-            if self._backend is not None:
-                self._backend.restart()
+            backend.restart()
+            return True
 
     def close(self) -> None:
         """Let go of the backend (it stays built for other searches of this process; see

@@ -158,11 +158,7 @@ def _evaluate(sess: Session, slot: Any, serve: Any, task: Any, docs: DocRange, *
 
 def _recover(slot: Any, out: Any, attempt: int, policy: Any, task: Any, fault_id: str) -> None:
     """After a failed attempt: restart a backend that stopped answering, wait the delay."""
-    backend = slot.backend
-    if not backend.healthy():
-        LOG.warning("slot %d: the %s backend stopped answering; restarting it", slot.index,
-                    backend.name)
-        slot.restart()
+    slot.recover()
     if attempt < policy.retries:
         delay = _delay(policy.retry_delay_seconds, attempt)
         LOG.info("benchmark %s of %s failed (%s: %s); retry %d of %d in %.1f s", task.label,

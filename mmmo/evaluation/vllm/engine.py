@@ -143,6 +143,7 @@ class Engine(_Base):
         self.port: int | None = None
         self.process: Any = None
         self.starts = 0
+        """How many times a server came up (a try lost to a port race does not count)."""
         self.start_seconds: float | None = None
 
     def start(self) -> None:
@@ -168,7 +169,6 @@ class Engine(_Base):
                 fh.write(f"\n=== mm-mo: starting {self.name}: {' '.join(cmd)}\n")
             self.process = spawn(cmd, name=self.name, log=self.log, sweep_shm=True,
                                  env=self.settings.environment(dict(os.environ)))
-            self.starts += 1
             try:
                 self._wait_ready()
             except EngineError as exc:
@@ -176,6 +176,7 @@ class Engine(_Base):
                 if "address already in use" in str(exc).lower() and attempt < 2:
                     continue  # another process took the port between probe and bind
                 raise
+            self.starts += 1
             self.start_seconds = time.perf_counter() - started
             LOG.info("%s serves %s at %s (up in %.1f s; log %s)", self.name,
                      self.settings.model, self.url, self.start_seconds, self.log)
