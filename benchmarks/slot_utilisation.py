@@ -2,14 +2,17 @@
 
     python benchmarks/slot_utilisation.py [--budget 14] [--limit 60] [--strategy mmmo]
 
-Two searches of the same spec over the fixture family, one per schedule, each on 2 slots
-(threads of this process, CPU), from fresh result stores (nothing is a cache hit), the slots'
+Three searches of the same spec over the fixture family, each on 2 slots: ``batch``,
+``async-free`` (``async`` asking only once a slot freed, ``ask_ahead: false``) and ``async``
+(the default ``ask_ahead``: the next recipe asked while both slots are busy), in threads of
+this process (CPU), from fresh result stores (nothing is a cache hit), the slots'
 models loaded before the clock starts. For each slot it prints the busy fraction: the time a
 trial was in flight on it (from its trial's ``started_at`` to ``ended_at``) over the search's
-wall time; then trials per minute, and the ratios async / batch. In ``batch`` a slot idles while
+wall time; then trials per minute, and the ratios to batch. In ``batch`` a slot idles while
 the optimizer fits its GPs and asks (every slot waits for the ask) and while the slowest trial
-of a batch finishes; in ``async`` the free slot gets the next recipe as soon as it is asked for,
-while the other keeps evaluating. The goal is >= 0.9 busy under ``async``.
+of a batch finishes; in ``async-free`` the freed slot waits for its ask while the other keeps
+evaluating; in ``async`` the recipe is ready when the slot frees. The goal is >= 0.9 busy
+under ``async``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _spec(args: argparse.Namespace, storage: str, schedule: str) -> Any:
+#: The runs: name -> (schedule, ask_ahead).
+RUNS = {"batch": ("batch", False), "async-free": ("async", False), "async": ("async", True)}
+
+
+def _spec(args: argparse.Namespace, storage: str, run: str) -> Any:
     from mmmo.spec import load_spec, parse_spec
+
+    schedule, ask_ahead = RUNS[run]
 
     data = load_spec(ROOT / "examples" / "fixture.yaml").model_dump(mode="json")
     for task in data["objectives"]["tasks"]:
@@ -35,18 +44,19 @@ def _spec(args: argparse.Namespace, storage: str, schedule: str) -> Any:
     data["heldout"], data["baselines"] = [], []
     n_init = max(2, args.budget - 2 * args.iterations)
     data["optimizer"].update(strategy=args.strategy, n_init=n_init, batch_size=2,
-                             iterations=args.iterations, seed=args.seed, schedule=schedule)
+                             iterations=args.iterations, seed=args.seed, schedule=schedule,
+                             ask_ahead=ask_ahead)
     data["compute"].update(device="cpu", max_concurrent_trials=2)
-    data["storage"], data["study"] = storage, f"slots-{schedule}"
+    data["storage"], data["study"] = storage, f"slots-{run}"
     return parse_spec(data)
 
 
-def _measure(args: argparse.Namespace, schedule: str, root: Path) -> dict[str, Any]:
+def _measure(args: argparse.Namespace, run_name: str, root: Path) -> dict[str, Any]:
     from mmmo.engine import run
     from mmmo.engine.slots import Slot
     from mmmo.study import StudyStore
 
-    spec = _spec(args, str(root / schedule), schedule)
+    spec = _spec(args, str(root / run_name), run_name)
     for i in range(2):
         _ = Slot(spec, i, "cpu").backend  # resident before the clock starts (per process)
     started = time.time()
@@ -62,7 +72,7 @@ def _measure(args: argparse.Namespace, schedule: str, root: Path) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run both schedules and print the figures."""
+    """Run the three schedules and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=14, help="trials per search")
     parser.add_argument("--iterations", type=int, default=4,
@@ -72,20 +82,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault("MMMO_CACHE_DIR", str(ROOT / ".cache"))
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="mmmo-slots-") as tmp:
-        figures = {s: _measure(args, s, Path(tmp)) for s in ("batch", "async")}
-    for schedule, f in figures.items():
+        figures = {r: _measure(args, r, Path(tmp)) for r in RUNS}
+    for name, f in figures.items():
         busy = ", ".join(f"slot {k} {v:.2f}" for k, v in f["busy"].items())
-        print(f"{schedule:6s} {f['trials']} trials in {f['wall']:7.1f} s: busy {busy}; "
+        print(f"{name:10s} {f['trials']} trials in {f['wall']:7.1f} s: busy {busy}; "
               f"{f['per_minute']:.2f} trials/min")
-    b, a = figures["batch"], figures["async"]
-    mean = {s: sum(f["busy"].values()) / 2 for s, f in figures.items()}
-    print(f"ratio async/batch: busy {mean['async'] / mean['batch']:.2f} "
-          f"({mean['async']:.2f} vs {mean['batch']:.2f}); trials/min "
-          f"{a['per_minute'] / b['per_minute']:.2f}")
+    mean = {r: sum(f["busy"].values()) / 2 for r, f in figures.items()}
+    b = figures["batch"]
+    for name in ("async-free", "async"):
+        print(f"ratio {name}/batch: busy {mean[name] / mean['batch']:.2f} "
+              f"({mean[name]:.2f} vs {mean['batch']:.2f}); trials/min "
+              f"{figures[name]['per_minute'] / b['per_minute']:.2f}")
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

@@ -42,6 +42,8 @@ class Executor:
     """Runs steps on ``slots`` device slots of the study ``study_url`` (in this process)."""
 
     slots: int = 1
+    concurrent: bool = True
+    """Whether trials run beside the driver (an ``async`` search then asks ahead)."""
 
     def __init__(self, study_url: str, *, slots: int = 1) -> None:
         self.study_url, self.slots = study_url, slots
@@ -83,6 +85,8 @@ class Executor:
 
 class InlineExecutor(Executor):
     """One slot, every step in this thread, one after another."""
+
+    concurrent = False
 
     def submit(self, item: dict[str, Any], iteration: int, slot: int) -> Running:
         """Run the trial now; a done future."""

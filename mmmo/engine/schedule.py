@@ -10,7 +10,10 @@ Two schedules (``optimizer.schedule``):
   flight as a pending point, so no slot idles while the GPs fit or the slowest trial of a
   batch finishes. Each proposal is written before it is evaluated; the budget is exact; a
   resumed search evaluates the proposals it finds unfinished as proposed and never proposes
-  them again. Trials are told to the optimizer in the order they finished.
+  them again. Trials are told to the optimizer in the order they finished. With
+  ``optimizer.ask_ahead`` (the default) the next recipe is asked for while every slot is
+  busy, so a slot that frees starts it at once (the trials in flight, the one about to
+  finish included, are its pending points).
 
 The executor (:mod:`mmmo.engine.executors`) runs the driver-side steps (propose, update) and
 the trials; this module decides the order. A trial result that cannot be recorded stops the
@@ -20,6 +23,8 @@ lost).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextvars
 import logging
 from typing import Any
 
@@ -101,34 +106,89 @@ def _drive_async(search: Any, executor: Any, *, max_iterations: int | None) -> b
     proposed = len({t.number for p in proposals if p.kind == "new" for t in p.trials})
     limit = None if max_iterations is None else max_iterations * spec.batch_size
     asked = 0
+    driver = _Driver(executor, threaded=spec.ask_ahead and executor.concurrent)
+    ahead: cf.Future[Any] | None = None  # the next recipe, asked while every slot is busy
+    updates: list[cf.Future[Any]] = []
+
+    def ask(running: list[Any]) -> cf.Future[Any] | None:
+        nonlocal proposed, asked
+        if proposed >= spec.budget or (limit is not None and asked >= limit):
+            return None
+        proposed, asked = proposed + 1, asked + 1
+        return driver.submit("propose-next", url, [r.item["number"] for r in running])
 
     def next_work(running: list[Any]) -> tuple[dict[str, Any], int] | None:
-        nonlocal proposed, asked
+        nonlocal ahead
         if queue:
             return queue.pop(0)
         if search.levels.enabled:  # promotions first: a slot never waits for a new recipe
-            promoted = executor.call("propose-promotions", url, None,
-                                     [r.item["number"] for r in running])
+            promoted = driver.call("propose-promotions", url, None,
+                                   [r.item["number"] for r in running])
             if promoted is not None:
                 queue.extend((t, promoted["iteration"]) for t in promoted["trials"])
                 return queue.pop(0)
-        if proposed >= spec.budget or (limit is not None and asked >= limit):
+        future, ahead = (ahead, None) if ahead is not None else (ask(running), None)
+        if future is None:
             return None
-        proposal = executor.call("propose-next", url, [r.item["number"] for r in running])
-        proposed, asked = proposed + 1, asked + 1
+        proposal = future.result()
         return proposal["trials"][0], proposal["iteration"]
 
-    _run(executor, [], next_work=next_work,
-         after=lambda: executor.call("update-surrogate", url, None))
+    def busy(running: list[Any]) -> None:
+        nonlocal ahead
+        if driver.threaded and ahead is None and not queue:
+            ahead = ask(running)
+
+    def after() -> None:
+        for done in [u for u in updates if u.done()]:
+            updates.remove(done)
+            done.result()  # an update that failed stops the search, as when it ran inline
+        updates.append(driver.submit("update-surrogate", url, None))
+
+    try:
+        _run(executor, [], next_work=next_work, after=after, busy=busy)
+        for update in updates:
+            update.result()
+    finally:
+        driver.close()  # a recipe asked ahead when a trial's record failed stays proposed
     complete = proposed >= spec.budget and not queue
     if not complete:
         LOG.info("stopping after %d new trial(s) as asked", asked)
     return complete
 
 
+class _Driver:
+    """The driver's steps of an ``async`` search, one at a time. ``threaded``: in one thread
+    beside the slots (each in its caller's context, so that a Prefect task run belongs to the
+    flow run), in the order they were submitted; else at once, in the calling thread."""
+
+    def __init__(self, executor: Any, *, threaded: bool) -> None:
+        self.executor, self.threaded = executor, threaded
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="driver") \
+            if threaded else None
+
+    def submit(self, name: str, *args: Any) -> cf.Future[Any]:
+        """Run the step ``name`` (after those submitted before it); its future."""
+        if self.pool is not None:
+            context = contextvars.copy_context()
+            return self.pool.submit(context.run, self.executor.call, name, *args)
+        future: cf.Future[Any] = cf.Future()
+        future.set_result(self.executor.call(name, *args))  # an error raises here, at once
+        return future
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Run the step ``name`` and wait for its result."""
+        return self.submit(name, *args).result()
+
+    def close(self) -> None:
+        """Wait for the steps still running."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
 def _run(executor: Any, work: list[tuple[dict[str, Any], int]], *,
-         next_work: Any = None, after: Any = None) -> None:
-    """Run ``work`` (and whatever ``next_work`` hands out) on the executor's free slots."""
+         next_work: Any = None, after: Any = None, busy: Any = None) -> None:
+    """Run ``work`` (and whatever ``next_work`` hands out) on the executor's free slots;
+    ``busy(running)`` is called whenever every slot is taken."""
     queue = list(work)
     free = list(range(executor.slots))
     running: list[Any] = []
@@ -142,6 +202,8 @@ def _run(executor: Any, work: list[tuple[dict[str, Any], int]], *,
             running.append(executor.submit(item, iteration, free.pop(0)))
         if not running:
             break
+        if busy is not None and not free and error is None:
+            busy(running)
         for run in executor.wait_any(running):
             running.remove(run)
             free.append(run.slot)

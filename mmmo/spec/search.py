@@ -40,6 +40,11 @@ class OptimizerSpec(_Frozen):
     """``batch``: the paper's synchronous iterations (propose ``batch_size``, evaluate them all,
     update); ``async``: whenever a slot frees, ask for one recipe with the trials in flight as
     pending points (no slot waits for the slowest trial of a batch). The budget is the same."""
+    ask_ahead: bool = True
+    """``async``: ask for the next recipe while every slot is busy (the trials in flight as
+    pending points), so a slot that frees starts its next trial at once instead of waiting for
+    the GPs to fit; ``false`` asks only once a slot freed (the proposal then knows that
+    slot's result). Ignored by ``batch`` and by a single slot run inline."""
     settings: dict[str, Any] = Field(default_factory=dict)
     """Strategy settings, validated by the strategy's own settings model."""
 
