@@ -127,7 +127,8 @@ def _drive_async(search: Any, executor: Any, *, max_iterations: int | None) -> b
             if promoted is not None:
                 queue.extend((t, promoted["iteration"]) for t in promoted["trials"])
                 return queue.pop(0)
-        future, ahead = (ahead, None) if ahead is not None else (ask(running), None)
+        future = ahead if ahead is not None else ask(running)
+        ahead = None
         if future is None:
             return None
         proposal = future.result()
@@ -162,9 +163,14 @@ class _Driver:
     flow run), in the order they were submitted; else at once, in the calling thread."""
 
     def __init__(self, executor: Any, *, threaded: bool) -> None:
-        self.executor, self.threaded = executor, threaded
+        self.executor = executor
         self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="driver") \
             if threaded else None
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the steps run in the driver's own thread."""
+        return self.pool is not None
 
     def submit(self, name: str, *args: Any) -> cf.Future[Any]:
         """Run the step ``name`` (after those submitted before it); its future."""
